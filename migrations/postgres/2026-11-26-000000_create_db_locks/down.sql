@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS db_locks_semaphores;
+DROP TABLE IF EXISTS db_locks_mutexes;

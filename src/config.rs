@@ -1,0 +1,287 @@
+//! [`LocksConfig`]: every setting of a [`crate::LockManager`], loadable from TOML, with
+//! environment overrides.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{redact_url, LockError, Result};
+
+/// Where locks are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// A relational database through diesel: SQLite (default), PostgreSQL or MySQL/MariaDB.
+    #[default]
+    Rdb,
+    /// Amazon DynamoDB or a DynamoDB-compatible server.
+    Ddb,
+    /// Redis (one primary).
+    Redis,
+}
+
+impl FromStr for Provider {
+    type Err = LockError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "rdb" => Ok(Provider::Rdb),
+            "ddb" | "dynamodb" => Ok(Provider::Ddb),
+            "redis" => Ok(Provider::Redis),
+            other => Err(LockError::Config(format!(
+                "unknown provider `{other}` (expected rdb, ddb or redis)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Rdb => "rdb",
+            Provider::Ddb => "ddb",
+            Provider::Redis => "redis",
+        })
+    }
+}
+
+/// Settings of a [`crate::LockManager`].
+///
+/// ```
+/// use db_locks::LocksConfig;
+/// let config = LocksConfig::new("billing").with_database_url("sqlite:///tmp/locks.sqlite");
+/// assert_eq!(config.tenant_id, "billing");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocksConfig {
+    /// Every record belongs to one tenant; tenants never see each other's locks.
+    pub tenant_id: String,
+    /// Which kind of store.
+    pub provider: Provider,
+    /// `rdb`: a SQLite path or `sqlite://`, `postgres://`, `mysql://` URL.
+    /// `None`: a SQLite file under the user's data directory ([`LocksConfig::default_sqlite_path`]).
+    pub database_url: Option<String>,
+    /// Connections kept by the pool.
+    pub pool_size: u32,
+    /// How long connecting (or waiting for a pooled connection) may take.
+    pub connect_timeout_ms: u64,
+    /// Longest time a single store request may take before it fails; keeps `Drop` from hanging.
+    pub io_timeout_ms: u64,
+    /// Lease used when the options give none.
+    pub default_lease_ms: u64,
+    /// How often guards renew; `None`: a third of the lease.
+    pub heartbeat_period_ms: Option<u64>,
+    /// A guard treats its lease as lost this long before it ends by its own clock;
+    /// `None`: a tenth of the lease, at most one second.
+    pub lease_safety_margin_ms: Option<u64>,
+    /// First backoff step while waiting for a busy lock.
+    pub retry_base_ms: u64,
+    /// Largest backoff step while waiting.
+    pub retry_max_ms: u64,
+    /// Create or upgrade the schema (tables) when the manager starts.
+    pub run_migrations: bool,
+    /// `redis`: the server URL.
+    pub redis_url: String,
+    /// `redis`: prefix of every key.
+    pub redis_key_prefix: String,
+    /// `ddb`: endpoint override (DynamoDB Local, moto, ...); `None`: the AWS default chain.
+    pub dynamodb_endpoint: Option<String>,
+    /// `ddb`: region override; `None`: the AWS default chain.
+    pub dynamodb_region: Option<String>,
+    /// `ddb`: table of mutexes.
+    pub dynamodb_mutex_table: String,
+    /// `ddb`: table of semaphores.
+    pub dynamodb_semaphore_table: String,
+    /// `ddb`: take over an expired lock by trusting its stored expiry plus this allowance for
+    /// clock skew, instead of watching its version for a whole lease. `None`: the safe default.
+    pub dynamodb_trust_expiry_with_skew_ms: Option<u64>,
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        LocksConfig {
+            tenant_id: "default".into(),
+            provider: Provider::Rdb,
+            database_url: None,
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            io_timeout_ms: 5_000,
+            default_lease_ms: 15_000,
+            heartbeat_period_ms: None,
+            lease_safety_margin_ms: None,
+            retry_base_ms: 10,
+            retry_max_ms: 500,
+            run_migrations: true,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_key_prefix: "db-locks".into(),
+            dynamodb_endpoint: None,
+            dynamodb_region: None,
+            dynamodb_mutex_table: "db_locks_mutexes".into(),
+            dynamodb_semaphore_table: "db_locks_semaphores".into(),
+            dynamodb_trust_expiry_with_skew_ms: None,
+        }
+    }
+}
+
+impl LocksConfig {
+    /// Defaults for `tenant_id`: SQLite in the user's data directory, 15 s leases.
+    pub fn new(tenant_id: impl Into<String>) -> Self {
+        LocksConfig {
+            tenant_id: tenant_id.into(),
+            ..LocksConfig::default()
+        }
+    }
+
+    /// Reads a TOML file whose keys are this struct's field names; missing keys keep their defaults.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LockError::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::from_toml_str(&text)
+            .map_err(|e| LockError::Config(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Parses TOML text (see [`LocksConfig::from_toml_file`]).
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let config: LocksConfig =
+            toml::from_str(text).map_err(|e| LockError::Config(format!("malformed TOML: {e}")))?;
+        Ok(config)
+    }
+
+    /// Applies `DB_LOCKS_TENANT`, `DATABASE_URL`, `REDIS_URL` and `AWS_ENDPOINT_URL_DYNAMODB`
+    /// when they are set.
+    pub fn with_env_overrides(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("DB_LOCKS_TENANT") {
+            self.tenant_id = v;
+        }
+        if let Some(v) = var("DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = var("REDIS_URL") {
+            self.redis_url = v;
+        }
+        if let Some(v) = var("AWS_ENDPOINT_URL_DYNAMODB") {
+            self.dynamodb_endpoint = Some(v);
+        }
+        self
+    }
+
+    /// Sets the provider.
+    pub fn with_provider(mut self, provider: Provider) -> Self {
+        self.provider = provider;
+        self
+    }
+
+    /// Sets the database URL (or SQLite path).
+    pub fn with_database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// Sets the Redis URL.
+    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = url.into();
+        self
+    }
+
+    /// Sets the DynamoDB endpoint.
+    pub fn with_dynamodb_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.dynamodb_endpoint = Some(url.into());
+        self
+    }
+
+    /// Sets the default lease.
+    pub fn with_default_lease(mut self, lease: Duration) -> Self {
+        self.default_lease_ms = lease.as_millis() as u64;
+        self
+    }
+
+    /// Where `rdb` keeps its SQLite file when no URL is given:
+    /// `$XDG_DATA_HOME/db-locks/locks.sqlite` (usually `~/.local/share/db-locks/locks.sqlite`).
+    pub fn default_sqlite_path() -> PathBuf {
+        dirs::data_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("db-locks")
+            .join("locks.sqlite")
+    }
+
+    /// The database URL, with the password hidden, for messages.
+    pub fn redacted_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => redact_url(url),
+            None => Self::default_sqlite_path().display().to_string(),
+        }
+    }
+
+    /// Checks the settings that do not need I/O.
+    pub fn validate(&self) -> Result<()> {
+        crate::manager::validate_tenant(&self.tenant_id)?;
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(LockError::Config(format!(
+                    "{name} must be greater than zero"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        positive("pool_size", self.pool_size as u64)?;
+        positive("connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("io_timeout_ms", self.io_timeout_ms)?;
+        positive("default_lease_ms", self.default_lease_ms)?;
+        positive("retry_base_ms", self.retry_base_ms)?;
+        if self.retry_max_ms < self.retry_base_ms {
+            return Err(LockError::Config(
+                "retry_max_ms must be at least retry_base_ms".into(),
+            ));
+        }
+        if let Some(p) = self.heartbeat_period_ms {
+            positive("heartbeat_period_ms", p)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub(crate) fn io_timeout(&self) -> Duration {
+        Duration::from_millis(self.io_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_keeps_defaults_and_rejects_garbage() {
+        let c = LocksConfig::from_toml_str("tenant_id = \"t1\"\nprovider = \"redis\"\n").unwrap();
+        assert_eq!(c.tenant_id, "t1");
+        assert_eq!(c.provider, Provider::Redis);
+        assert_eq!(c.default_lease_ms, 15_000);
+        let err = LocksConfig::from_toml_str("tenant_id = [").unwrap_err();
+        assert!(matches!(err, LockError::Config(_)), "{err}");
+        let err = LocksConfig::from_toml_str("no_such_setting = 1").unwrap_err();
+        assert!(err.to_string().contains("no_such_setting"), "{err}");
+    }
+
+    #[test]
+    fn providers_parse() {
+        assert_eq!("RDB".parse::<Provider>().unwrap(), Provider::Rdb);
+        assert!("mongo".parse::<Provider>().is_err());
+    }
+
+    #[test]
+    fn validate_rejects_zeroes() {
+        let mut c = LocksConfig::new("t");
+        c.default_lease_ms = 0;
+        assert!(c.validate().is_err());
+        assert!(LocksConfig::new("").validate().is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! # db-locks
+//!
+//! Lease-based distributed mutexes and counting semaphores stored in the databases you
+//! already run: SQLite (embedded default), PostgreSQL, MySQL/MariaDB, Redis and DynamoDB.
+//! See the README for the guarantees and their limits.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backoff;
+mod config;
+mod error;
+mod guard;
+mod heartbeat;
+mod manager;
+mod metrics;
+mod model;
+mod options;
+pub mod store;
+
+pub use config::{LocksConfig, Provider};
+pub use error::{redact_url, ErrorKind, LockError, Result};
+pub use guard::{MutexGuard, SemaphorePermit};
+pub use manager::{
+    validate_key, LockManager, MAX_DATA_LEN, MAX_KEY_LEN, MAX_LEASE, MAX_SEMAPHORE_SIZE,
+    MAX_TENANT_LEN,
+};
+pub use model::{MutexLock, Semaphore, SemaphoreBuilder};
+pub use options::{
+    AcquireLockOptions, AcquireLockOptionsBuilder, ReleaseLockOptions, ReleaseLockOptionsBuilder,
+    SendHeartbeatOptions, SendHeartbeatOptionsBuilder,
+};

@@ -1,0 +1,570 @@
+//! [`LockManager`]: the record-level API and the guard API, over any [`LockStore`].
+//!
+//! Validation, the wait loop with its backoff, heartbeat settings and metrics live here,
+//! once, for every store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+
+use crate::backoff::Backoff;
+use crate::config::LocksConfig;
+use crate::error::{LockError, Result};
+use crate::guard::{self, MutexGuard, SemaphorePermit};
+use crate::metrics::Metrics;
+use crate::model::{MutexLock, Semaphore};
+use crate::options::{AcquireLockOptions, ReleaseLockOptions, SendHeartbeatOptions};
+use crate::store::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+
+/// Longest mutex or semaphore key, in characters.
+pub const MAX_KEY_LEN: usize = 200;
+/// Longest tenant id, in characters.
+pub const MAX_TENANT_LEN: usize = 100;
+/// Largest `data` stored with a lock, in bytes.
+pub const MAX_DATA_LEN: usize = 64 * 1024;
+/// Largest semaphore.
+pub const MAX_SEMAPHORE_SIZE: i64 = 10_000;
+/// Longest lease (and wait): 30 days.
+pub const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Hands out locks, permits and guards for one tenant, over one store.
+/// Cheap to clone; clones share the store and its connection pool.
+///
+/// ```
+/// use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let url = dir.path().join("locks.sqlite").display().to_string();
+/// let manager = LockManager::connect(&LocksConfig::new("docs").with_database_url(url))?;
+/// let opts = AcquireLockOptionsBuilder::new("nightly-report").with_lease_duration_secs(10).build();
+/// {
+///     let guard = manager.lock(&opts)?;        // waits up to the lease for a busy lock
+///     guard.ensure_held()?;                    // a heartbeat thread keeps renewing it
+///     println!("fencing token {}", guard.fencing_token());
+/// }                                            // released here
+/// # Ok::<(), db_locks::LockError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LockManager {
+    shared: Arc<Shared>,
+}
+
+/// What the manager, its guards and their heartbeat threads share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn LockStore>,
+    pub(crate) config: LocksConfig,
+    pub(crate) metrics: Metrics,
+    registry: Registry,
+}
+
+impl Shared {
+    /// A guard reports its lease lost this long before it ends by the local clock.
+    pub(crate) fn safety_margin(&self, lease_ms: i64) -> Duration {
+        match self.config.lease_safety_margin_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                (Duration::from_millis(lease_ms.max(0) as u64) / 10).min(Duration::from_secs(1))
+            }
+        }
+    }
+
+    pub(crate) fn retry_base(&self) -> Duration {
+        Duration::from_millis(self.config.retry_base_ms)
+    }
+}
+
+/// A fresh random version token.
+pub(crate) fn new_version() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn validate_name(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(LockError::validation(format!("{what} must not be empty")));
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(LockError::validation(format!(
+            "{what} is {len} characters long; the limit is {max}"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(LockError::validation(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a mutex or semaphore key.
+pub fn validate_key(key: &str) -> Result<()> {
+    validate_name("key", key, MAX_KEY_LEN)
+}
+
+pub(crate) fn validate_tenant(tenant: &str) -> Result<()> {
+    validate_name("tenant id", tenant, MAX_TENANT_LEN)
+}
+
+fn validate_lease(what: &str, lease: Duration) -> Result<i64> {
+    if lease.is_zero() {
+        return Err(LockError::validation(format!(
+            "{what} must be greater than zero"
+        )));
+    }
+    if lease > MAX_LEASE {
+        return Err(LockError::validation(format!(
+            "{what} of {} s is longer than the limit of {} s",
+            lease.as_secs(),
+            MAX_LEASE.as_secs()
+        )));
+    }
+    Ok(lease.as_millis().max(1) as i64)
+}
+
+fn validate_data(data: Option<&str>) -> Result<()> {
+    match data {
+        Some(d) if d.len() > MAX_DATA_LEN => Err(LockError::validation(format!(
+            "data is {} bytes; the limit is {MAX_DATA_LEN}",
+            d.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn validate_version(version: &str) -> Result<()> {
+    validate_name("version", version, 64)
+}
+
+/// A grant, with the instant its request was sent (the start of the lease on our clock).
+struct Grant {
+    record: MutexLock,
+    sent_at: Instant,
+}
+
+impl LockManager {
+    /// Connects to the store that `config` names, with metrics in a registry of its own
+    /// ([`LockManager::registry`]).
+    pub fn connect(config: &LocksConfig) -> Result<LockManager> {
+        Self::with_registry(config, &Registry::new())
+    }
+
+    /// Connects to the store that `config` names and registers metrics in `registry`.
+    pub fn with_registry(config: &LocksConfig, registry: &Registry) -> Result<LockManager> {
+        config.validate()?;
+        let store = crate::store::connect(config)?;
+        Self::from_store(config, store, registry)
+    }
+
+    /// Builds a manager over a store built by hand (or wrapped, e.g. for fault injection).
+    pub fn from_store(
+        config: &LocksConfig,
+        store: Arc<dyn LockStore>,
+        registry: &Registry,
+    ) -> Result<LockManager> {
+        config.validate()?;
+        let metrics = Metrics::new(store.name(), registry);
+        Ok(LockManager {
+            shared: Arc::new(Shared {
+                store,
+                config: config.clone(),
+                metrics,
+                registry: registry.clone(),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LocksConfig {
+        &self.shared.config
+    }
+
+    /// The tenant every call of this manager works in.
+    pub fn tenant_id(&self) -> &str {
+        &self.shared.config.tenant_id
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn LockStore> {
+        &self.shared.store
+    }
+
+    /// The registry holding this manager's metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Creates or upgrades the store's schema now.
+    pub fn migrate(&self) -> Result<()> {
+        self.shared.store.migrate()
+    }
+
+    // ----- record-level API -------------------------------------------------------------
+
+    /// Acquires a mutex (or, with `requires_semaphore`, a permit slot of a semaphore),
+    /// waiting as the options say. The caller renews it with [`LockManager::send_heartbeat`]
+    /// and releases it with [`LockManager::release_lock`]; nothing renews it in the background.
+    /// `Err(NotGranted)` if it stayed busy for the whole wait.
+    pub fn acquire_lock(&self, opts: &AcquireLockOptions) -> Result<MutexLock> {
+        self.acquire_waiting(opts).map(|g| g.record)
+    }
+
+    /// Tries once: `Ok(None)` when the lock (or every permit) is busy.
+    pub fn try_acquire_lock(&self, opts: &AcquireLockOptions) -> Result<Option<MutexLock>> {
+        self.acquire_once(opts).map(|g| g.map(|g| g.record))
+    }
+
+    /// Renews a lease, returning the record with its new version.
+    /// `Err(NotHeld)` if the version is stale (released, deleted, or taken over).
+    pub fn send_heartbeat(&self, opts: &SendHeartbeatOptions) -> Result<MutexLock> {
+        validate_key(&opts.key)?;
+        validate_version(&opts.version)?;
+        if let Some(s) = &opts.semaphore_key {
+            validate_key(s)?;
+        }
+        validate_data(opts.data.as_deref())?;
+        let lease = validate_lease("lease duration", self.lease_or_default(opts.lease_duration))?;
+        let new_version = new_version();
+        let renewed = self.shared.store.renew(&RenewRequest {
+            tenant_id: self.tenant_id(),
+            semaphore_key: opts.semaphore_key.as_deref(),
+            key: &opts.key,
+            version: &opts.version,
+            new_version: &new_version,
+            lease_ms: lease,
+            data: opts.data.as_deref(),
+        });
+        self.count("heartbeat", renewed.as_ref().ok().map(Option::is_some));
+        renewed?.ok_or_else(|| LockError::NotHeld {
+            key: opts.key.clone(),
+            version: opts.version.clone(),
+        })
+    }
+
+    /// Releases a lease. `Ok(false)` if it was not held with that version.
+    pub fn release_lock(&self, opts: &ReleaseLockOptions) -> Result<bool> {
+        validate_key(&opts.key)?;
+        validate_version(&opts.version)?;
+        if let Some(s) = &opts.semaphore_key {
+            validate_key(s)?;
+        }
+        validate_data(opts.data.as_deref())?;
+        let released = self.shared.store.release(&ReleaseRequest {
+            tenant_id: self.tenant_id(),
+            semaphore_key: opts.semaphore_key.as_deref(),
+            key: &opts.key,
+            version: &opts.version,
+            data: opts.data.as_deref(),
+            delete: opts.delete_lock,
+        });
+        self.count("release", released.as_ref().ok().copied());
+        released
+    }
+
+    /// Reads a plain mutex.
+    pub fn get_mutex(&self, key: &str) -> Result<Option<MutexLock>> {
+        validate_key(key)?;
+        self.shared.store.get_mutex(self.tenant_id(), key)
+    }
+
+    /// Deletes a plain mutex: with `version`, only if it is current; without, only if no live
+    /// lease holds it (`Err(Conflict)` otherwise). `Ok(false)`: nothing to delete.
+    pub fn delete_mutex(&self, key: &str, version: Option<&str>) -> Result<bool> {
+        validate_key(key)?;
+        if let Some(v) = version {
+            validate_version(v)?;
+        }
+        self.shared
+            .store
+            .delete_mutex(self.tenant_id(), key, version)
+    }
+
+    /// Creates a semaphore, or resizes an existing one (growing adds permits at once;
+    /// shrinking retires busy permits as they are released). Returns the stored record.
+    pub fn create_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore> {
+        validate_key(&semaphore.semaphore_key)?;
+        if semaphore.max_size < 1 || semaphore.max_size > MAX_SEMAPHORE_SIZE {
+            return Err(LockError::validation(format!(
+                "semaphore size must be between 1 and {MAX_SEMAPHORE_SIZE}, not {}",
+                semaphore.max_size
+            )));
+        }
+        let lease = if semaphore.lease_duration_ms == 0 {
+            Duration::from_millis(self.shared.config.default_lease_ms)
+        } else if semaphore.lease_duration_ms < 0 {
+            return Err(LockError::validation(
+                "semaphore lease must be greater than zero",
+            ));
+        } else {
+            Duration::from_millis(semaphore.lease_duration_ms as u64)
+        };
+        let record = Semaphore {
+            tenant_id: self.tenant_id().to_owned(),
+            version: new_version(),
+            lease_duration_ms: validate_lease("semaphore lease", lease)?,
+            busy_count: 0,
+            ..semaphore.clone()
+        };
+        self.shared.store.put_semaphore(&record)
+    }
+
+    /// Reads a semaphore with its live busy count.
+    pub fn get_semaphore(&self, key: &str) -> Result<Option<Semaphore>> {
+        validate_key(key)?;
+        self.shared.store.get_semaphore(self.tenant_id(), key)
+    }
+
+    /// Deletes a semaphore and its slots; `Err(Conflict)` while a permit is live.
+    pub fn delete_semaphore(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        self.shared.store.delete_semaphore(self.tenant_id(), key)
+    }
+
+    /// The permit slots of a semaphore, with their holders and expiry.
+    pub fn get_semaphore_mutexes(&self, key: &str) -> Result<Vec<MutexLock>> {
+        validate_key(key)?;
+        self.shared.store.semaphore_mutexes(self.tenant_id(), key)
+    }
+
+    /// The tenant's plain mutexes.
+    pub fn list_mutexes(&self) -> Result<Vec<MutexLock>> {
+        self.shared.store.list_mutexes(self.tenant_id())
+    }
+
+    /// The tenant's semaphores.
+    pub fn list_semaphores(&self) -> Result<Vec<Semaphore>> {
+        self.shared.store.list_semaphores(self.tenant_id())
+    }
+
+    // ----- guard API --------------------------------------------------------------------
+
+    /// Acquires the mutex `opts.key`, waiting as the options say, and keeps it renewed until
+    /// the guard is dropped. `Err(NotGranted)` if it stayed busy for the whole wait.
+    pub fn lock(&self, opts: &AcquireLockOptions) -> Result<MutexGuard> {
+        Self::expect_semaphore(opts, false)?;
+        let grant = self.acquire_waiting(opts)?;
+        let (state, heartbeat) = self.start(grant, opts)?;
+        Ok(guard::mutex_guard(self.shared.clone(), state, heartbeat))
+    }
+
+    /// Tries once: `Ok(None)` when the mutex is busy.
+    pub fn try_lock(&self, opts: &AcquireLockOptions) -> Result<Option<MutexGuard>> {
+        Self::expect_semaphore(opts, false)?;
+        match self.acquire_once(opts)? {
+            None => Ok(None),
+            Some(grant) => {
+                let (state, heartbeat) = self.start(grant, opts)?;
+                Ok(Some(guard::mutex_guard(
+                    self.shared.clone(),
+                    state,
+                    heartbeat,
+                )))
+            }
+        }
+    }
+
+    /// Acquires one permit of the semaphore `opts.key` (which must exist), waiting as the
+    /// options say, and keeps it renewed until the permit is dropped.
+    pub fn acquire_permit(&self, opts: &AcquireLockOptions) -> Result<SemaphorePermit> {
+        Self::expect_semaphore(opts, true)?;
+        let grant = self.acquire_waiting(opts)?;
+        let (state, heartbeat) = self.start(grant, opts)?;
+        Ok(guard::semaphore_permit(
+            self.shared.clone(),
+            state,
+            heartbeat,
+        ))
+    }
+
+    /// Tries once: `Ok(None)` when every permit is busy.
+    pub fn try_acquire_permit(&self, opts: &AcquireLockOptions) -> Result<Option<SemaphorePermit>> {
+        Self::expect_semaphore(opts, true)?;
+        match self.acquire_once(opts)? {
+            None => Ok(None),
+            Some(grant) => {
+                let (state, heartbeat) = self.start(grant, opts)?;
+                Ok(Some(guard::semaphore_permit(
+                    self.shared.clone(),
+                    state,
+                    heartbeat,
+                )))
+            }
+        }
+    }
+
+    // ----- internals --------------------------------------------------------------------
+
+    fn expect_semaphore(opts: &AcquireLockOptions, semaphore: bool) -> Result<()> {
+        if opts.requires_semaphore == semaphore {
+            return Ok(());
+        }
+        Err(LockError::validation(if semaphore {
+            "acquire_permit needs options with requires_semaphore set"
+        } else {
+            "lock takes a mutex; use acquire_permit for a semaphore"
+        }))
+    }
+
+    fn lease_or_default(&self, lease: Option<Duration>) -> Duration {
+        lease.unwrap_or(Duration::from_millis(self.shared.config.default_lease_ms))
+    }
+
+    /// Counts a renew or release: `Some(true)` done, `Some(false)` not held, `None` error.
+    fn count(&self, op: &str, outcome: Option<bool>) {
+        let label = match outcome {
+            Some(true) => "ok",
+            Some(false) => "not_held",
+            None => "error",
+        };
+        self.shared.metrics.count(op, label);
+    }
+
+    /// Validates acquire options; returns the lease in ms (0: the semaphore's) and the wait.
+    fn check_acquire(&self, opts: &AcquireLockOptions) -> Result<(i64, Duration)> {
+        validate_key(&opts.key)?;
+        validate_data(opts.data.as_deref())?;
+        let lease_ms = match opts.lease_duration {
+            Some(lease) => validate_lease("lease duration", lease)?,
+            None if opts.requires_semaphore => 0,
+            None => validate_lease("lease duration", self.lease_or_default(None))?,
+        };
+        let wait = opts.wait.unwrap_or(Duration::from_millis(if lease_ms > 0 {
+            lease_ms as u64
+        } else {
+            self.shared.config.default_lease_ms
+        }));
+        if wait > MAX_LEASE {
+            return Err(LockError::validation(format!(
+                "wait of {} s is longer than the limit of {} s",
+                wait.as_secs(),
+                MAX_LEASE.as_secs()
+            )));
+        }
+        if opts.delete_on_release && opts.requires_semaphore {
+            return Err(LockError::validation(
+                "delete_on_release applies to mutexes, not semaphore permits",
+            ));
+        }
+        Ok((lease_ms, wait))
+    }
+
+    /// One grant attempt. `Ok(None)` when busy.
+    fn attempt(&self, opts: &AcquireLockOptions, lease_ms: i64) -> Result<Option<Grant>> {
+        let version = new_version();
+        let req = AcquireRequest {
+            tenant_id: self.tenant_id(),
+            key: &opts.key,
+            version: &version,
+            lease_ms,
+            data: opts.data.as_deref(),
+            delete_on_release: opts.delete_on_release,
+        };
+        let sent_at = Instant::now();
+        let outcome = if opts.requires_semaphore {
+            self.shared.store.try_acquire_permit(&req)
+        } else {
+            self.shared.store.try_acquire_mutex(&req)
+        };
+        let op = if opts.requires_semaphore {
+            "acquire_permit"
+        } else {
+            "acquire_mutex"
+        };
+        self.shared.metrics.count(
+            op,
+            match &outcome {
+                Ok(Some(_)) => "granted",
+                Ok(None) => "busy",
+                Err(_) => "error",
+            },
+        );
+        Ok(outcome?.map(|record| Grant { record, sent_at }))
+    }
+
+    fn acquire_once(&self, opts: &AcquireLockOptions) -> Result<Option<Grant>> {
+        let (lease_ms, _) = self.check_acquire(opts)?;
+        self.attempt(opts, lease_ms)
+    }
+
+    /// The wait loop, written once for every store: attempts until granted or the wait is
+    /// over, sleeping with capped exponential backoff and full jitter in between. Errors the
+    /// store calls retryable are retried within the wait, too.
+    fn acquire_waiting(&self, opts: &AcquireLockOptions) -> Result<Grant> {
+        let (lease_ms, wait) = self.check_acquire(opts)?;
+        let started = Instant::now();
+        let deadline = started + wait;
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.shared.config.retry_base_ms),
+            Duration::from_millis(self.shared.config.retry_max_ms),
+        );
+        loop {
+            match self.attempt(opts, lease_ms) {
+                Ok(Some(grant)) => {
+                    let kind = if opts.requires_semaphore {
+                        "permit"
+                    } else {
+                        "mutex"
+                    };
+                    self.shared
+                        .metrics
+                        .observe_wait(kind, started.elapsed().as_secs_f64());
+                    return Ok(grant);
+                }
+                Ok(None) => {}
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    log::debug!("db-locks: acquire of `{}` failed, retrying: {e}", opts.key);
+                }
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LockError::NotGranted {
+                    key: opts.key.clone(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            std::thread::sleep(backoff.next_delay().min(deadline - now));
+        }
+    }
+
+    /// Starts the heartbeat of a grant; releases the grant if that fails.
+    fn start(
+        &self,
+        grant: Grant,
+        opts: &AcquireLockOptions,
+    ) -> Result<(
+        Arc<crate::heartbeat::LeaseState>,
+        crate::heartbeat::Heartbeat,
+    )> {
+        let lease = Duration::from_millis(grant.record.lease_duration_ms.max(1) as u64);
+        let period = opts
+            .heartbeat_period
+            .or(self
+                .shared
+                .config
+                .heartbeat_period_ms
+                .map(Duration::from_millis))
+            .unwrap_or(lease / 3);
+        let record = grant.record.clone();
+        let check = if period.is_zero() || period >= lease {
+            Err(LockError::validation(format!(
+                "heartbeat period ({} ms) must be shorter than the lease ({} ms)",
+                period.as_millis(),
+                lease.as_millis()
+            )))
+        } else {
+            guard::start_lease(&self.shared, grant.record, grant.sent_at, period)
+        };
+        if check.is_err() {
+            let _ = self.shared.store.release(&ReleaseRequest {
+                tenant_id: &record.tenant_id,
+                semaphore_key: record.semaphore_key.as_deref(),
+                key: &record.mutex_key,
+                version: &record.version,
+                data: None,
+                delete: Some(false),
+            });
+        }
+        check
+    }
+}

@@ -1,0 +1,794 @@
+//! The diesel stores: SQLite (embedded default), PostgreSQL and MySQL/MariaDB.
+//!
+//! One [`SqlStore`] serves all three. The operations are written once, generic over the
+//! connection; [`with_connection!`] checks out a pooled connection of whichever backend the
+//! store was built for and runs the body with it. The SQL texts live in `statements.rs`.
+
+mod statements;
+
+use std::time::Duration;
+
+use diesel::backend::Backend;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text};
+use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+use self::statements::{Dialect, Statement, Statements};
+use super::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+use crate::config::LocksConfig;
+use crate::error::{LockError, Redactor, Result};
+use crate::model::{millis_to_datetime, slot_key, MutexLock, Semaphore};
+
+#[cfg(feature = "mysql")]
+use diesel::mysql::MysqlConnection;
+#[cfg(feature = "postgres")]
+use diesel::pg::PgConnection;
+#[cfg(feature = "sqlite")]
+use diesel::sqlite::SqliteConnection;
+
+#[cfg(feature = "sqlite")]
+const SQLITE_MIGRATIONS: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/sqlite");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/postgres");
+#[cfg(feature = "mysql")]
+const MYSQL_MIGRATIONS: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/mysql");
+
+/// Largest number of slot rows inserted by one statement when a semaphore grows.
+const SLOT_INSERT_BATCH: i64 = 500;
+
+enum SqlPool {
+    #[cfg(feature = "sqlite")]
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    #[cfg(feature = "postgres")]
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+    #[cfg(feature = "mysql")]
+    Mysql(Pool<ConnectionManager<MysqlConnection>>),
+}
+
+/// A lock store in a relational database, reached through diesel and an r2d2 pool.
+pub struct SqlStore {
+    pool: SqlPool,
+    sql: Statements,
+    redactor: Redactor,
+    name: &'static str,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("database", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of the store's backend.
+macro_rules! with_connection {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match &$store.pool {
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(pool) => {
+                let mut pooled = $store.checkout(pool)?;
+                let $conn: &mut SqliteConnection = &mut pooled;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(pool) => {
+                let mut pooled = $store.checkout(pool)?;
+                let $conn: &mut PgConnection = &mut pooled;
+                $body
+            }
+            #[cfg(feature = "mysql")]
+            SqlPool::Mysql(pool) => {
+                let mut pooled = $store.checkout(pool)?;
+                let $conn: &mut MysqlConnection = &mut pooled;
+                $body
+            }
+        }
+    };
+}
+
+/// One bound parameter.
+#[derive(Debug, Clone, Copy)]
+enum Param<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
+    Bool(bool),
+}
+
+/// `stmt` with `params` bound in the dialect's order, for the backend of `_conn`.
+fn query<'a, C>(
+    _conn: &C,
+    stmt: &Statement,
+    params: &[Param<'a>],
+) -> BoxedSqlQuery<'a, C::Backend, SqlQuery>
+where
+    C: Connection,
+    C::Backend: Backend + HasSqlType<Text> + HasSqlType<BigInt> + HasSqlType<Bool>,
+    str: ToSql<Text, C::Backend>,
+    i64: ToSql<BigInt, C::Backend>,
+    bool: ToSql<Bool, C::Backend>,
+{
+    let mut q = diesel::sql_query(stmt.sql.as_str()).into_boxed::<C::Backend>();
+    for &i in &stmt.binds {
+        q = match params[i] {
+            Param::Text(v) => q.bind::<Text, _>(v),
+            Param::OptText(v) => q.bind::<Nullable<Text>, _>(v),
+            Param::Int(v) => q.bind::<BigInt, _>(v),
+            Param::Bool(v) => q.bind::<Bool, _>(v),
+        };
+    }
+    q
+}
+
+/// Loads rows of `$row` from `$stmt` with `$params`.
+macro_rules! load {
+    ($conn:expr, $stmt:expr, $params:expr) => {
+        query(&*$conn, $stmt, $params).load($conn)
+    };
+}
+
+/// Executes `$stmt` with `$params`, returning the number of rows it changed.
+macro_rules! execute {
+    ($conn:expr, $stmt:expr, $params:expr) => {
+        query(&*$conn, $stmt, $params).execute($conn)
+    };
+}
+
+#[derive(QueryableByName)]
+struct MutexRow {
+    #[diesel(sql_type = Text)]
+    tenant_id: String,
+    #[diesel(sql_type = Text)]
+    semaphore_key: String,
+    #[diesel(sql_type = Text)]
+    mutex_key: String,
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = BigInt)]
+    fencing_token: i64,
+    #[diesel(sql_type = BigInt)]
+    lease_duration_ms: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    data: Option<String>,
+    #[diesel(sql_type = Bool)]
+    delete_on_release: bool,
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+    #[diesel(sql_type = BigInt)]
+    expires_at_ms: i64,
+}
+
+impl From<MutexRow> for MutexLock {
+    fn from(row: MutexRow) -> Self {
+        MutexLock {
+            mutex_key: row.mutex_key,
+            tenant_id: row.tenant_id,
+            version: row.version,
+            fencing_token: row.fencing_token,
+            lease_duration_ms: row.lease_duration_ms,
+            semaphore_key: Some(row.semaphore_key).filter(|k| !k.is_empty()),
+            data: row.data,
+            delete_on_release: row.delete_on_release,
+            locked: row.locked,
+            expires_at: millis_to_datetime(row.expires_at_ms),
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct SemaphoreRow {
+    #[diesel(sql_type = Text)]
+    tenant_id: String,
+    #[diesel(sql_type = Text)]
+    semaphore_key: String,
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = BigInt)]
+    max_size: i64,
+    #[diesel(sql_type = BigInt)]
+    lease_duration_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    busy_count: i64,
+}
+
+impl From<SemaphoreRow> for Semaphore {
+    fn from(row: SemaphoreRow) -> Self {
+        Semaphore {
+            semaphore_key: row.semaphore_key,
+            tenant_id: row.tenant_id,
+            version: row.version,
+            max_size: row.max_size,
+            lease_duration_ms: row.lease_duration_ms,
+            busy_count: row.busy_count,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// A transaction that takes the write lock up front. SQLite needs `BEGIN IMMEDIATE`: a
+/// deferred transaction that upgrades from read to write fails with SQLITE_BUSY at once
+/// instead of waiting for the busy timeout.
+trait WriteTransaction: Connection {
+    fn write_transaction<T, F>(&mut self, f: F) -> QueryResult<T>
+    where
+        F: FnOnce(&mut Self) -> QueryResult<T>;
+}
+
+#[cfg(feature = "sqlite")]
+impl WriteTransaction for SqliteConnection {
+    fn write_transaction<T, F>(&mut self, f: F) -> QueryResult<T>
+    where
+        F: FnOnce(&mut Self) -> QueryResult<T>,
+    {
+        self.immediate_transaction(f)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl WriteTransaction for PgConnection {
+    fn write_transaction<T, F>(&mut self, f: F) -> QueryResult<T>
+    where
+        F: FnOnce(&mut Self) -> QueryResult<T>,
+    {
+        self.transaction(f)
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl WriteTransaction for MysqlConnection {
+    fn write_transaction<T, F>(&mut self, f: F) -> QueryResult<T>
+    where
+        F: FnOnce(&mut Self) -> QueryResult<T>,
+    {
+        self.transaction(f)
+    }
+}
+
+/// Runs a few session settings on every new pooled connection.
+#[derive(Debug)]
+struct SessionSetup(Vec<String>);
+
+impl<C: Connection> CustomizeConnection<C, diesel::r2d2::Error> for SessionSetup {
+    fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
+        for statement in &self.0 {
+            conn.batch_execute(statement)
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+impl SqlStore {
+    /// Connects to the database named by `config.database_url` (see [`LocksConfig`]), and
+    /// runs the migrations if `config.run_migrations` is set.
+    pub fn connect(config: &LocksConfig) -> Result<SqlStore> {
+        let url = config
+            .database_url
+            .clone()
+            .unwrap_or_else(|| LocksConfig::default_sqlite_path().display().to_string());
+        let redactor = Redactor::for_url(&url);
+        let io_timeout = config.io_timeout();
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let store = match scheme.as_deref() {
+            Some("postgres") | Some("postgresql") => Self::connect_postgres(config, &url, redactor, io_timeout)?,
+            Some("mysql") | Some("mariadb") => Self::connect_mysql(config, &url, redactor, io_timeout)?,
+            Some("sqlite") | None => Self::connect_sqlite(config, &url, redactor, io_timeout)?,
+            Some(other) => {
+                return Err(LockError::Config(format!(
+                    "unsupported database URL scheme `{other}://` (expected a SQLite path or a sqlite://, postgres:// or mysql:// URL)"
+                )))
+            }
+        };
+        if config.run_migrations {
+            store.migrate()?;
+        }
+        Ok(store)
+    }
+
+    fn build_pool<C>(
+        config: &LocksConfig,
+        manager: ConnectionManager<C>,
+        setup: Vec<String>,
+        redactor: &Redactor,
+        max_size: u32,
+    ) -> Result<Pool<ConnectionManager<C>>>
+    where
+        C: diesel::r2d2::R2D2Connection + 'static,
+    {
+        Pool::builder()
+            .max_size(max_size)
+            // One connection up front, so an unreachable database fails here, clearly.
+            .min_idle(Some(1))
+            .connection_timeout(config.connect_timeout())
+            .connection_customizer(Box::new(SessionSetup(setup)))
+            .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|e| {
+                LockError::Unavailable(
+                    redactor.clean(format!("cannot connect to the database: {e}")),
+                )
+            })
+    }
+
+    #[cfg(feature = "sqlite")]
+    fn connect_sqlite(
+        config: &LocksConfig,
+        url: &str,
+        redactor: Redactor,
+        io_timeout: Duration,
+    ) -> Result<SqlStore> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url)
+            .to_owned();
+        if path.is_empty() {
+            return Err(LockError::Config("empty SQLite path".into()));
+        }
+        let in_memory = path == ":memory:";
+        if !in_memory {
+            if let Some(dir) = std::path::Path::new(&path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    LockError::Config(format!(
+                        "cannot create directory {} for the SQLite database: {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
+        }
+        let setup = vec![
+            // Writers queue for up to the I/O timeout instead of failing with SQLITE_BUSY.
+            format!("PRAGMA busy_timeout = {}", io_timeout.as_millis()),
+            "PRAGMA journal_mode = WAL".into(),
+            "PRAGMA synchronous = NORMAL".into(),
+        ];
+        // Every connection to ":memory:" is a database of its own: keep exactly one.
+        let max_size = if in_memory { 1 } else { config.pool_size };
+        let pool = Self::build_pool(
+            config,
+            ConnectionManager::<SqliteConnection>::new(path),
+            setup,
+            &redactor,
+            max_size,
+        )?;
+        Ok(SqlStore {
+            pool: SqlPool::Sqlite(pool),
+            sql: Statements::new(Dialect::Sqlite),
+            redactor,
+            name: "sqlite",
+        })
+    }
+
+    #[cfg(not(feature = "sqlite"))]
+    fn connect_sqlite(_: &LocksConfig, _: &str, _: Redactor, _: Duration) -> Result<SqlStore> {
+        Err(LockError::Config(
+            "SQLite support is not compiled in (enable the `sqlite` feature)".into(),
+        ))
+    }
+
+    #[cfg(feature = "postgres")]
+    fn connect_postgres(
+        config: &LocksConfig,
+        url: &str,
+        redactor: Redactor,
+        io_timeout: Duration,
+    ) -> Result<SqlStore> {
+        // libpq's own timeouts: connecting, and a dead peer during a request.
+        let mut url = url.to_owned();
+        let sep = |u: &str| if u.contains('?') { '&' } else { '?' };
+        if !url.contains("connect_timeout=") {
+            let secs = config.connect_timeout().as_secs().max(1);
+            url.push_str(&format!("{}connect_timeout={secs}", sep(&url)));
+        }
+        if !url.contains("tcp_user_timeout=") {
+            url.push_str(&format!(
+                "{}tcp_user_timeout={}",
+                sep(&url),
+                io_timeout.as_millis()
+            ));
+        }
+        let setup = vec![
+            format!("SET statement_timeout = {}", io_timeout.as_millis()),
+            format!("SET lock_timeout = {}", io_timeout.as_millis()),
+        ];
+        let pool = Self::build_pool(
+            config,
+            ConnectionManager::<PgConnection>::new(url),
+            setup,
+            &redactor,
+            config.pool_size,
+        )?;
+        Ok(SqlStore {
+            pool: SqlPool::Postgres(pool),
+            sql: Statements::new(Dialect::Postgres),
+            redactor,
+            name: "postgres",
+        })
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn connect_postgres(_: &LocksConfig, _: &str, _: Redactor, _: Duration) -> Result<SqlStore> {
+        Err(LockError::Config(
+            "PostgreSQL support is not compiled in (enable the `postgres` feature)".into(),
+        ))
+    }
+
+    #[cfg(feature = "mysql")]
+    fn connect_mysql(
+        config: &LocksConfig,
+        url: &str,
+        redactor: Redactor,
+        io_timeout: Duration,
+    ) -> Result<SqlStore> {
+        let url = match url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => url.to_owned(),
+        };
+        let setup = vec![
+            // Expiry arithmetic uses UNIX_TIMESTAMP(NOW()), exact only in UTC.
+            "SET time_zone = '+00:00'".into(),
+            format!(
+                "SET innodb_lock_wait_timeout = {}",
+                io_timeout.as_secs().max(1)
+            ),
+        ];
+        let pool = Self::build_pool(
+            config,
+            ConnectionManager::<MysqlConnection>::new(url),
+            setup,
+            &redactor,
+            config.pool_size,
+        )?;
+        Ok(SqlStore {
+            pool: SqlPool::Mysql(pool),
+            sql: Statements::new(Dialect::Mysql),
+            redactor,
+            name: "mysql",
+        })
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    fn connect_mysql(_: &LocksConfig, _: &str, _: Redactor, _: Duration) -> Result<SqlStore> {
+        Err(LockError::Config(
+            "MySQL support is not compiled in (enable the `mysql` feature)".into(),
+        ))
+    }
+
+    fn checkout<M: diesel::r2d2::ManageConnection>(
+        &self,
+        pool: &Pool<M>,
+    ) -> Result<PooledConnection<M>> {
+        pool.get().map_err(|e| {
+            LockError::Unavailable(self.redactor.clean(format!("no database connection: {e}")))
+        })
+    }
+
+    fn db_error(&self, e: diesel::result::Error) -> LockError {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let msg = self.redactor.clean(&e);
+        match &e {
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => LockError::Unavailable(msg),
+            // SQLite's busy timeout ran out, or a server-side statement/lock timeout fired.
+            Error::DatabaseError(_, info)
+                if [
+                    "database is locked",
+                    "timeout",
+                    "canceling statement",
+                    "Lock wait",
+                ]
+                .iter()
+                .any(|m| info.message().contains(m)) =>
+            {
+                LockError::Unavailable(msg)
+            }
+            _ => LockError::Store(msg),
+        }
+    }
+
+    fn is_mysql(&self) -> bool {
+        self.sql.dialect == Dialect::Mysql
+    }
+}
+
+impl LockStore for SqlStore {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn migrate(&self) -> Result<()> {
+        fn run<C>(
+            conn: &mut C,
+            migrations: fn() -> EmbeddedMigrations,
+        ) -> std::result::Result<(), String>
+        where
+            C: MigrationHarness<C::Backend> + Connection,
+        {
+            // Several processes may start at once: if a race fails one of them, the
+            // migrations are done if nothing is pending any more.
+            match conn.run_pending_migrations(migrations()) {
+                Ok(_) => Ok(()),
+                Err(first) => match conn.has_pending_migration(migrations()) {
+                    Ok(false) => Ok(()),
+                    _ => conn
+                        .run_pending_migrations(migrations())
+                        .map(|_| ())
+                        .map_err(|_| first.to_string()),
+                },
+            }
+        }
+        let result = match &self.pool {
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(pool) => run(&mut *self.checkout(pool)?, || SQLITE_MIGRATIONS),
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(pool) => run(&mut *self.checkout(pool)?, || POSTGRES_MIGRATIONS),
+            #[cfg(feature = "mysql")]
+            SqlPool::Mysql(pool) => run(&mut *self.checkout(pool)?, || MYSQL_MIGRATIONS),
+        };
+        result.map_err(|e| LockError::Store(self.redactor.clean(format!("migration failed: {e}"))))
+    }
+
+    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        let params = [
+            Param::Text(req.tenant_id),
+            Param::Text(""),
+            Param::Text(req.key),
+            Param::Text(req.version),
+            Param::Int(req.lease_ms),
+            Param::OptText(req.data),
+            Param::Bool(req.delete_on_release),
+        ];
+        let read_back = [
+            Param::Text(req.tenant_id),
+            Param::Text(""),
+            Param::Text(req.version),
+        ];
+        with_connection!(self, conn => {
+            let rows: Vec<MutexRow> = if self.is_mysql() {
+                execute!(conn, &self.sql.acquire_mutex, &params)
+                    .and_then(|_| load!(conn, &self.sql.select_by_version, &read_back))
+            } else {
+                load!(conn, &self.sql.acquire_mutex, &params)
+            }
+            .map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().next().map(MutexLock::from))
+        })
+    }
+
+    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        let params = [
+            Param::Text(req.tenant_id),
+            Param::Text(req.key),
+            Param::Text(req.version),
+            Param::Int(req.lease_ms),
+            Param::OptText(req.data),
+        ];
+        let read_back = [
+            Param::Text(req.tenant_id),
+            Param::Text(req.key),
+            Param::Text(req.version),
+        ];
+        let granted = with_connection!(self, conn => {
+            let rows: Vec<MutexRow> = if self.is_mysql() {
+                execute!(conn, &self.sql.acquire_permit, &params)
+                    .and_then(|_| load!(conn, &self.sql.select_by_version, &read_back))
+            } else {
+                load!(conn, &self.sql.acquire_permit, &params)
+            }
+            .map_err(|e| self.db_error(e))?;
+            rows.into_iter().next().map(MutexLock::from)
+        });
+        if granted.is_none() && self.get_semaphore(req.tenant_id, req.key)?.is_none() {
+            return Err(LockError::NotFound(format!(
+                "semaphore `{}` does not exist",
+                req.key
+            )));
+        }
+        Ok(granted)
+    }
+
+    fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
+        let semaphore_key = req.semaphore_key.unwrap_or("");
+        let params = [
+            Param::Text(req.tenant_id),
+            Param::Text(semaphore_key),
+            Param::Text(req.key),
+            Param::Text(req.version),
+            Param::Text(req.new_version),
+            Param::Int(req.lease_ms),
+            Param::OptText(req.data),
+        ];
+        let read_back = [
+            Param::Text(req.tenant_id),
+            Param::Text(semaphore_key),
+            Param::Text(req.new_version),
+        ];
+        with_connection!(self, conn => {
+            let rows: Vec<MutexRow> = if self.is_mysql() {
+                execute!(conn, &self.sql.renew, &params)
+                    .and_then(|_| load!(conn, &self.sql.select_by_version, &read_back))
+            } else {
+                load!(conn, &self.sql.renew, &params)
+            }
+            .map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().next().map(MutexLock::from))
+        })
+    }
+
+    fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
+        let semaphore_key = req.semaphore_key.unwrap_or("");
+        let key_params = [
+            Param::Text(req.tenant_id),
+            Param::Text(semaphore_key),
+            Param::Text(req.key),
+            Param::Text(req.version),
+        ];
+        let update_params = [
+            key_params[0],
+            key_params[1],
+            key_params[2],
+            key_params[3],
+            Param::OptText(req.data),
+        ];
+        // Permit slots stay: they carry the slot's fencing token and are part of the semaphore.
+        let delete = if req.semaphore_key.is_some() {
+            Some(false)
+        } else {
+            req.delete
+        };
+        with_connection!(self, conn => {
+            let changed = match delete {
+                Some(true) => execute!(conn, &self.sql.release_delete, &key_params),
+                Some(false) => execute!(conn, &self.sql.release, &update_params),
+                // Unknown flag: delete if the record asks for it, else mark free.
+                None => execute!(conn, &self.sql.release_delete_if_flagged, &key_params).and_then(|n| {
+                    if n > 0 { Ok(n) } else { execute!(conn, &self.sql.release, &update_params) }
+                }),
+            }
+            .map_err(|e| self.db_error(e))?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
+        let params = [Param::Text(tenant_id), Param::Text(key)];
+        with_connection!(self, conn => {
+            let rows: Vec<MutexRow> = load!(conn, &self.sql.get_mutex, &params).map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().next().map(MutexLock::from))
+        })
+    }
+
+    fn delete_mutex(&self, tenant_id: &str, key: &str, version: Option<&str>) -> Result<bool> {
+        let deleted = with_connection!(self, conn => {
+            match version {
+                Some(v) => execute!(conn, &self.sql.delete_mutex_with_version, &[Param::Text(tenant_id), Param::Text(key), Param::Text(v)]),
+                None => execute!(conn, &self.sql.delete_mutex_if_free, &[Param::Text(tenant_id), Param::Text(key)]),
+            }
+            .map_err(|e| self.db_error(e))?
+        });
+        if deleted == 0 && version.is_none() && self.get_mutex(tenant_id, key)?.is_some() {
+            return Err(LockError::Conflict(format!(
+                "mutex `{key}` is held by a live lease; release it or wait for the lease to expire"
+            )));
+        }
+        Ok(deleted > 0)
+    }
+
+    fn put_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore> {
+        let tenant = semaphore.tenant_id.as_str();
+        let key = semaphore.semaphore_key.as_str();
+        let upsert = [
+            Param::Text(tenant),
+            Param::Text(key),
+            Param::Text(&semaphore.version),
+            Param::Int(semaphore.max_size),
+            Param::Int(semaphore.lease_duration_ms),
+        ];
+        let slot_keys: Vec<String> = (0..semaphore.max_size).map(|i| slot_key(key, i)).collect();
+        let batches: Vec<(i64, Statement)> = (0..semaphore.max_size)
+            .step_by(SLOT_INSERT_BATCH as usize)
+            .map(|first| {
+                (
+                    first,
+                    self.sql
+                        .insert_slots(first, SLOT_INSERT_BATCH.min(semaphore.max_size - first)),
+                )
+            })
+            .collect();
+        let retire = [
+            Param::Text(tenant),
+            Param::Text(key),
+            Param::Int(semaphore.max_size),
+        ];
+        with_connection!(self, conn => {
+            // All or nothing: a resize never stops half-way.
+            conn.write_transaction(|conn| {
+                execute!(conn, &self.sql.upsert_semaphore, &upsert)?;
+                for (first, stmt) in &batches {
+                    let end = (*first + SLOT_INSERT_BATCH).min(semaphore.max_size) as usize;
+                    let mut params = vec![Param::Text(tenant), Param::Text(key)];
+                    params.extend(slot_keys[*first as usize..end].iter().map(|k| Param::Text(k)));
+                    execute!(conn, stmt, &params)?;
+                }
+                execute!(conn, &self.sql.retire_free_slots, &retire)?;
+                Ok(())
+            })
+            .map_err(|e| self.db_error(e))?
+        });
+        self.get_semaphore(tenant, key)?.ok_or_else(|| {
+            LockError::Store(format!(
+                "semaphore `{key}` vanished right after it was written"
+            ))
+        })
+    }
+
+    fn get_semaphore(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
+        let params = [Param::Text(tenant_id), Param::Text(key)];
+        with_connection!(self, conn => {
+            let rows: Vec<SemaphoreRow> = load!(conn, &self.sql.get_semaphore, &params).map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().next().map(Semaphore::from))
+        })
+    }
+
+    fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool> {
+        let params = [Param::Text(tenant_id), Param::Text(key)];
+        let outcome: std::result::Result<bool, i64> = with_connection!(self, conn => {
+            conn.write_transaction(|conn| {
+                let live: Vec<CountRow> = load!(conn, &self.sql.count_live_permits, &params)?;
+                let live = live.first().map_or(0, |c| c.n);
+                if live > 0 {
+                    return Ok(Err(live));
+                }
+                execute!(conn, &self.sql.delete_slots, &params)?;
+                Ok(Ok(execute!(conn, &self.sql.delete_semaphore, &params)? > 0))
+            })
+            .map_err(|e| self.db_error(e))?
+        });
+        outcome.map_err(|live| {
+            LockError::Conflict(format!(
+                "semaphore `{key}` has {live} live permit(s); release them or wait for their leases to expire"
+            ))
+        })
+    }
+
+    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
+        let params = [Param::Text(tenant_id), Param::Text(key)];
+        with_connection!(self, conn => {
+            let rows: Vec<MutexRow> = load!(conn, &self.sql.semaphore_mutexes, &params).map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().map(MutexLock::from).collect())
+        })
+    }
+
+    fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {
+        let params = [Param::Text(tenant_id)];
+        with_connection!(self, conn => {
+            let rows: Vec<MutexRow> = load!(conn, &self.sql.list_mutexes, &params).map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().map(MutexLock::from).collect())
+        })
+    }
+
+    fn list_semaphores(&self, tenant_id: &str) -> Result<Vec<Semaphore>> {
+        let params = [Param::Text(tenant_id)];
+        with_connection!(self, conn => {
+            let rows: Vec<SemaphoreRow> = load!(conn, &self.sql.list_semaphores, &params).map_err(|e| self.db_error(e))?;
+            Ok(rows.into_iter().map(Semaphore::from).collect())
+        })
+    }
+}
