@@ -12,6 +12,7 @@ use crate::backoff::Backoff;
 use crate::config::LocksConfig;
 use crate::error::{LockError, Result};
 use crate::guard::{self, MutexGuard, SemaphorePermit};
+use crate::heartbeat::{Heartbeat, LeaseState};
 use crate::metrics::Metrics;
 use crate::model::{MutexLock, Semaphore};
 use crate::options::{AcquireLockOptions, ReleaseLockOptions, SendHeartbeatOptions};
@@ -341,7 +342,7 @@ impl LockManager {
     /// Acquires the mutex `opts.key`, waiting as the options say, and keeps it renewed until
     /// the guard is dropped. `Err(NotGranted)` if it stayed busy for the whole wait.
     pub fn lock(&self, opts: &AcquireLockOptions) -> Result<MutexGuard> {
-        Self::expect_semaphore(opts, false)?;
+        self.expect_semaphore(opts, false)?;
         let grant = self.acquire_waiting(opts)?;
         let (state, heartbeat) = self.start(grant, opts)?;
         Ok(guard::mutex_guard(self.shared.clone(), state, heartbeat))
@@ -349,7 +350,7 @@ impl LockManager {
 
     /// Tries once: `Ok(None)` when the mutex is busy.
     pub fn try_lock(&self, opts: &AcquireLockOptions) -> Result<Option<MutexGuard>> {
-        Self::expect_semaphore(opts, false)?;
+        self.expect_semaphore(opts, false)?;
         match self.acquire_once(opts)? {
             None => Ok(None),
             Some(grant) => {
@@ -366,7 +367,7 @@ impl LockManager {
     /// Acquires one permit of the semaphore `opts.key` (which must exist), waiting as the
     /// options say, and keeps it renewed until the permit is dropped.
     pub fn acquire_permit(&self, opts: &AcquireLockOptions) -> Result<SemaphorePermit> {
-        Self::expect_semaphore(opts, true)?;
+        self.expect_semaphore(opts, true)?;
         let grant = self.acquire_waiting(opts)?;
         let (state, heartbeat) = self.start(grant, opts)?;
         Ok(guard::semaphore_permit(
@@ -378,7 +379,7 @@ impl LockManager {
 
     /// Tries once: `Ok(None)` when every permit is busy.
     pub fn try_acquire_permit(&self, opts: &AcquireLockOptions) -> Result<Option<SemaphorePermit>> {
-        Self::expect_semaphore(opts, true)?;
+        self.expect_semaphore(opts, true)?;
         match self.acquire_once(opts)? {
             None => Ok(None),
             Some(grant) => {
@@ -394,9 +395,10 @@ impl LockManager {
 
     // ----- internals --------------------------------------------------------------------
 
-    fn expect_semaphore(opts: &AcquireLockOptions, semaphore: bool) -> Result<()> {
+    /// Checks that the options ask for the right kind of lease, and the guard settings.
+    fn expect_semaphore(&self, opts: &AcquireLockOptions, semaphore: bool) -> Result<()> {
         if opts.requires_semaphore == semaphore {
-            return Ok(());
+            return self.check_guard(opts);
         }
         Err(LockError::validation(if semaphore {
             "acquire_permit needs options with requires_semaphore set"
@@ -527,16 +529,8 @@ impl LockManager {
         }
     }
 
-    /// Starts the heartbeat of a grant; releases the grant if that fails.
-    fn start(
-        &self,
-        grant: Grant,
-        opts: &AcquireLockOptions,
-    ) -> Result<(
-        Arc<crate::heartbeat::LeaseState>,
-        crate::heartbeat::Heartbeat,
-    )> {
-        let lease = Duration::from_millis(grant.record.lease_duration_ms.max(1) as u64);
+    /// The heartbeat period for a lease: the options', the config's, or a third of the lease.
+    fn heartbeat_period(&self, opts: &AcquireLockOptions, lease: Duration) -> Result<Duration> {
         let period = opts
             .heartbeat_period
             .or(self
@@ -545,17 +539,40 @@ impl LockManager {
                 .heartbeat_period_ms
                 .map(Duration::from_millis))
             .unwrap_or(lease / 3);
-        let record = grant.record.clone();
-        let check = if period.is_zero() || period >= lease {
-            Err(LockError::validation(format!(
+        if period.is_zero() || period >= lease {
+            return Err(LockError::validation(format!(
                 "heartbeat period ({} ms) must be shorter than the lease ({} ms)",
                 period.as_millis(),
                 lease.as_millis()
-            )))
-        } else {
+            )));
+        }
+        Ok(period)
+    }
+
+    /// Checks the guard-only options before any I/O (a permit's lease may be the
+    /// semaphore's, known only after the grant; `start` checks it again then).
+    fn check_guard(&self, opts: &AcquireLockOptions) -> Result<()> {
+        match opts.lease_duration {
+            Some(lease) => self.heartbeat_period(opts, lease).map(|_| ()),
+            None if opts.requires_semaphore => Ok(()),
+            None => self
+                .heartbeat_period(opts, self.lease_or_default(None))
+                .map(|_| ()),
+        }
+    }
+
+    /// Starts the heartbeat of a grant; releases the grant if that fails.
+    fn start(
+        &self,
+        grant: Grant,
+        opts: &AcquireLockOptions,
+    ) -> Result<(Arc<LeaseState>, Heartbeat)> {
+        let lease = Duration::from_millis(grant.record.lease_duration_ms.max(1) as u64);
+        let record = grant.record.clone();
+        let started = self.heartbeat_period(opts, lease).and_then(|period| {
             guard::start_lease(&self.shared, grant.record, grant.sent_at, period)
-        };
-        if check.is_err() {
+        });
+        if started.is_err() {
             let _ = self.shared.store.release(&ReleaseRequest {
                 tenant_id: &record.tenant_id,
                 semaphore_key: record.semaphore_key.as_deref(),
@@ -565,6 +582,6 @@ impl LockManager {
                 delete: Some(false),
             });
         }
-        check
+        started
     }
 }

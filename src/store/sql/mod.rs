@@ -260,6 +260,45 @@ impl WriteTransaction for MysqlConnection {
 #[derive(Debug)]
 struct SessionSetup(Vec<String>);
 
+#[cfg(feature = "sqlite")]
+diesel::define_sql_function! {
+    /// Microseconds since the Unix epoch, strictly increasing within the process.
+    fn db_locks_now_us() -> BigInt;
+}
+
+/// SQLite's own clock ticks in milliseconds, too coarse for the fencing-token floor (a mutex
+/// deleted and re-created within one millisecond would repeat a token). SQLite is embedded, so
+/// its clock is this machine's clock: this function reads it in microseconds, and never
+/// returns the same value twice in one process; writers are serialised by SQLite's lock, and
+/// each write takes longer than a microsecond, so values also differ across processes.
+#[cfg(feature = "sqlite")]
+#[derive(Debug)]
+struct SqliteSetup(SessionSetup);
+
+#[cfg(feature = "sqlite")]
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+    fn on_acquire(
+        &self,
+        conn: &mut SqliteConnection,
+    ) -> std::result::Result<(), diesel::r2d2::Error> {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        static LAST: AtomicI64 = AtomicI64::new(0);
+        db_locks_now_us_utils::register_nondeterministic_impl(conn, || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            let previous = LAST.fetch_max(now, Ordering::SeqCst);
+            if previous >= now {
+                LAST.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                now
+            }
+        })
+        .map_err(diesel::r2d2::Error::QueryError)?;
+        self.0.on_acquire(conn)
+    }
+}
+
 impl<C: Connection> CustomizeConnection<C, diesel::r2d2::Error> for SessionSetup {
     fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
         for statement in &self.0 {
@@ -300,7 +339,7 @@ impl SqlStore {
     fn build_pool<C>(
         config: &LocksConfig,
         manager: ConnectionManager<C>,
-        setup: Vec<String>,
+        setup: Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>,
         redactor: &Redactor,
         max_size: u32,
     ) -> Result<Pool<ConnectionManager<C>>>
@@ -312,7 +351,7 @@ impl SqlStore {
             // One connection up front, so an unreachable database fails here, clearly.
             .min_idle(Some(1))
             .connection_timeout(config.connect_timeout())
-            .connection_customizer(Box::new(SessionSetup(setup)))
+            .connection_customizer(setup)
             .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
             .build(manager)
             .map_err(|e| {
@@ -362,7 +401,7 @@ impl SqlStore {
         let pool = Self::build_pool(
             config,
             ConnectionManager::<SqliteConnection>::new(path),
-            setup,
+            Box::new(SqliteSetup(SessionSetup(setup))),
             &redactor,
             max_size,
         )?;
@@ -409,7 +448,7 @@ impl SqlStore {
         let pool = Self::build_pool(
             config,
             ConnectionManager::<PgConnection>::new(url),
-            setup,
+            Box::new(SessionSetup(setup)),
             &redactor,
             config.pool_size,
         )?;
@@ -450,7 +489,7 @@ impl SqlStore {
         let pool = Self::build_pool(
             config,
             ConnectionManager::<MysqlConnection>::new(url),
-            setup,
+            Box::new(SessionSetup(setup)),
             &redactor,
             config.pool_size,
         )?;

@@ -68,10 +68,11 @@ fn fill_placeholders(dialect: Dialect, template: &str) -> String {
             "CAST(EXTRACT(EPOCH FROM now()) * 1000000 AS BIGINT)",
             "GREATEST",
         ),
-        // julianday('now') is fixed for the duration of one statement.
+        // julianday('now') is fixed for the duration of one statement; db_locks_now_us() is
+        // registered on every connection (see `SqliteSetup`).
         Dialect::Sqlite => (
             "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-            "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+            "db_locks_now_us()",
             "MAX",
         ),
         // Sessions run with time_zone = '+00:00' (set on connect), so UNIX_TIMESTAMP(NOW())

@@ -1,0 +1,339 @@
+//! The command line: global options, the optional PROVIDER word and the subcommands.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use db_locks::Provider;
+
+/// Lease-based distributed mutexes and semaphores for shell scripts and batch jobs.
+///
+/// Locks live in SQLite (the default, in a per-user file), PostgreSQL, MySQL/MariaDB (`rdb`),
+/// Redis (`redis`) or DynamoDB (`ddb`). Exit codes: 0 success (`run`: the child's code),
+/// 2 bad usage or input, 3 lease not held, 75 not granted (busy), 1 other errors.
+#[derive(Debug, Parser)]
+#[command(
+    name = "db-locks",
+    version,
+    subcommand_value_name = "COMMAND",
+    subcommand_help_heading = "Commands",
+    after_help = "Options may come before or after PROVIDER. Lease and wait values are seconds and may have decimals.\nRun `db-locks help <COMMAND>` for the options of a command."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+
+    /// Where locks are stored: rdb (SQLite, PostgreSQL, MySQL/MariaDB), ddb (DynamoDB) or
+    /// redis [default: the config file's provider, else rdb]
+    #[arg(value_enum, value_name = "PROVIDER")]
+    pub provider: Option<ProviderArg>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The PROVIDER word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderArg {
+    /// A relational database: a SQLite file (default), PostgreSQL or MySQL/MariaDB.
+    Rdb,
+    /// Amazon DynamoDB or a DynamoDB-compatible server.
+    #[value(alias = "dynamodb")]
+    Ddb,
+    /// Redis.
+    Redis,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(p: ProviderArg) -> Provider {
+        match p {
+            ProviderArg::Rdb => Provider::Rdb,
+            ProviderArg::Ddb => Provider::Ddb,
+            ProviderArg::Redis => Provider::Redis,
+        }
+    }
+}
+
+/// Options accepted anywhere on the line.
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Tenant whose locks to work on; tenants never see each other's locks [default: default]
+    #[arg(short, long, global = true, env = "DB_LOCKS_TENANT", value_name = "TENANT")]
+    pub tenant: Option<String>,
+
+    /// TOML config file whose keys are LocksConfig's fields; flags and environment override it
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// rdb: a SQLite path or a sqlite://, postgres:// or mysql:// URL
+    /// [default: $XDG_DATA_HOME/db-locks/locks.sqlite, i.e. ~/.local/share/db-locks/locks.sqlite]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+
+    /// redis: the server URL [default: redis://127.0.0.1:6379]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub redis_url: Option<String>,
+
+    /// ddb: endpoint override (DynamoDB Local, ...); region and credentials come from the AWS
+    /// default chain
+    #[arg(
+        long,
+        global = true,
+        env = "AWS_ENDPOINT_URL_DYNAMODB",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub dynamodb_endpoint: Option<String>,
+
+    /// Print each result as one JSON object on one line (lists as one JSON array)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire a mutex (or a permit of a semaphore with -s) and print it; the lease is not
+    /// renewed after db-locks exits: renew it with `heartbeat`, end it with `release`
+    Acquire(AcquireArgs),
+    /// Renew a lease held with VERSION and print the lock with its new version
+    Heartbeat(HeartbeatArgs),
+    /// Release a lease held with VERSION
+    Release(ReleaseArgs),
+    /// Print a mutex
+    GetMutex(KeyArgs),
+    /// Delete a mutex (only when no live lease holds it, or when -v is its current version)
+    DeleteMutex(DeleteMutexArgs),
+    /// Create a semaphore with MAX permits, or resize an existing one
+    CreateSemaphore(CreateSemaphoreArgs),
+    /// Print a semaphore with its number of busy permits
+    GetSemaphore(KeyArgs),
+    /// Delete a semaphore and its permit slots (only when no permit is live)
+    DeleteSemaphore(KeyArgs),
+    /// Print the permit slots of a semaphore, with their holders and expiry
+    GetSemaphoreMutexes(KeyArgs),
+    /// Hold a mutex (or a semaphore permit with -s) while COMMAND runs, renewing the lease;
+    /// exits with COMMAND's exit code
+    #[command(
+        after_help = "The child gets DB_LOCKS_KEY, DB_LOCKS_SEMAPHORE_KEY (with -s), DB_LOCKS_TENANT, \
+DB_LOCKS_FENCING_TOKEN and DB_LOCKS_VERSION (the version at grant time) in its environment. \
+SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to db-locks are passed on to it. \
+If the lease is lost, the child gets SIGTERM, then SIGKILL after --kill-after seconds, and \
+db-locks exits with 3."
+    )]
+    Run(RunArgs),
+    /// List the tenant's mutexes and semaphores, with holders and expiry
+    List,
+    /// Create or upgrade the schema (tables) now
+    Migrate,
+}
+
+/// `-k KEY` alone.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The mutex or semaphore key
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// The mutex key, or with -s the semaphore key
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+
+    /// Lease in seconds [default: the config's default lease (15 s); with -s the semaphore's]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_lease)]
+    pub lease: Option<Duration>,
+
+    /// KEY names a semaphore (which must exist): take one of its permits
+    #[arg(short, long)]
+    pub semaphore: bool,
+
+    /// Seconds to wait while it is busy; 0 tries once [default: the lease]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_wait)]
+    pub wait: Option<Duration>,
+
+    /// Data to store with the lock
+    #[arg(short, long, value_name = "DATA")]
+    pub data: Option<String>,
+
+    /// Delete the mutex record when it is released (plain mutexes only)
+    #[arg(long)]
+    pub delete_on_release: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    /// The mutex key (for a permit: the slot's mutex_key)
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+
+    /// The version printed by the last acquire or heartbeat
+    #[arg(short = 'v', long, value_name = "VERSION")]
+    pub version: String,
+
+    /// New lease in seconds [default: the lock's current lease]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_lease)]
+    pub lease: Option<Duration>,
+
+    /// The semaphore the slot KEY belongs to
+    #[arg(long, value_name = "SEM")]
+    pub semaphore_key: Option<String>,
+
+    /// Replace the stored data
+    #[arg(short, long, value_name = "DATA")]
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The mutex key (for a permit: the slot's mutex_key)
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+
+    /// The version printed by the last acquire or heartbeat
+    #[arg(short = 'v', long, value_name = "VERSION")]
+    pub version: String,
+
+    /// The semaphore the slot KEY belongs to
+    #[arg(long, value_name = "SEM")]
+    pub semaphore_key: Option<String>,
+
+    /// Delete the mutex record instead of marking it free
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Replace the stored data (a note for the next holder)
+    #[arg(short, long, value_name = "DATA")]
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteMutexArgs {
+    /// The mutex key
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+
+    /// Delete only if this is the current version (even while its lease is live)
+    #[arg(short = 'v', long, value_name = "VERSION")]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateSemaphoreArgs {
+    /// The semaphore key
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+
+    /// Number of permits
+    #[arg(short, long, value_name = "MAX", allow_negative_numbers = true)]
+    pub max: i64,
+
+    /// Default lease of a permit in seconds [default: the config's default lease (15 s)]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_lease)]
+    pub lease: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The mutex key, or with -s the semaphore key
+    #[arg(short, long, value_name = "KEY")]
+    pub key: String,
+
+    /// Lease in seconds, renewed while COMMAND runs [default: the config's default lease
+    /// (15 s); with -s the semaphore's]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_lease)]
+    pub lease: Option<Duration>,
+
+    /// KEY names a semaphore (which must exist): hold one of its permits
+    #[arg(short, long)]
+    pub semaphore: bool,
+
+    /// Seconds to wait while it is busy; 0 tries once [default: the lease]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_wait)]
+    pub wait: Option<Duration>,
+
+    /// Data to store with the lock
+    #[arg(short, long, value_name = "DATA")]
+    pub data: Option<String>,
+
+    /// Seconds between the SIGTERM and the SIGKILL sent to COMMAND when the lease is lost
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_wait)]
+    pub kill_after: Duration,
+
+    /// The command to run, and its arguments
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+fn parse_secs(s: &str, allow_zero: bool) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, such as 30 or 0.5".to_owned())?;
+    if !secs.is_finite() {
+        return Err("expected a finite number of seconds".into());
+    }
+    if secs < 0.0 || (secs == 0.0 && !allow_zero) {
+        return Err(if allow_zero {
+            "must not be negative".into()
+        } else {
+            "must be greater than zero".into()
+        });
+    }
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| "too large".to_owned())?;
+    if secs > 0.0 && d < Duration::from_millis(1) {
+        return Err("must be at least 0.001 seconds".into());
+    }
+    Ok(d)
+}
+
+/// A lease: seconds, greater than zero.
+pub fn parse_lease(s: &str) -> Result<Duration, String> {
+    parse_secs(s, false)
+}
+
+/// A wait or grace period: seconds, zero or more.
+pub fn parse_wait(s: &str) -> Result<Duration, String> {
+    parse_secs(s, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_lease("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
+        for bad in ["0", "-1", "abc", "NaN", "inf", "", "1e300"] {
+            assert!(parse_lease(bad).is_err(), "{bad}");
+        }
+        assert!(parse_wait("-0.5").is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Shared test support: which stores a run covers, how to reach them, unique keys, and a
+//! store wrapper that fails on command.
+//!
+//! A store is covered when its cargo feature is on. Its tests then talk to the real server
+//! (URLs below, overridable by environment) and fail loudly if it cannot be reached:
+//! nothing is skipped in silence.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use db_locks::store::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+use db_locks::{LockError, LockManager, LocksConfig, MutexLock, Provider, Result, Semaphore};
+use parking_lot::Mutex;
+
+/// A store the suite can run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+    Redis,
+    DynamoDb,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
+            Backend::Redis => "redis",
+            Backend::DynamoDb => "dynamodb",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Backend {
+        match name {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres,
+            "mysql" => Backend::Mysql,
+            "redis" => Backend::Redis,
+            "dynamodb" => Backend::DynamoDb,
+            other => panic!("unknown backend {other}"),
+        }
+    }
+
+    /// The config that reaches this backend for `tenant`.
+    pub fn config(self, tenant: &str) -> LocksConfig {
+        let env =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        let mut config = LocksConfig::new(tenant);
+        config.pool_size = 16;
+        config.connect_timeout_ms = 10_000;
+        config.retry_base_ms = 5;
+        config.retry_max_ms = 100;
+        match self {
+            Backend::Sqlite => {
+                config.database_url = Some(sqlite_path());
+            }
+            Backend::Postgres => {
+                config.database_url = Some(env(
+                    "DB_LOCKS_TEST_POSTGRES_URL",
+                    "postgres://postgres@127.0.0.1:5432/test",
+                ));
+            }
+            Backend::Mysql => {
+                config.database_url = Some(env(
+                    "DB_LOCKS_TEST_MYSQL_URL",
+                    "mysql://root@127.0.0.1:3306/test",
+                ));
+            }
+            Backend::Redis => {
+                config.provider = Provider::Redis;
+                config.redis_url = env("DB_LOCKS_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+            }
+            Backend::DynamoDb => {
+                config.provider = Provider::Ddb;
+                config.dynamodb_endpoint = Some(env(
+                    "DB_LOCKS_TEST_DYNAMODB_ENDPOINT",
+                    "http://127.0.0.1:8000",
+                ));
+                config.dynamodb_region = Some("us-east-1".into());
+            }
+        }
+        config
+    }
+
+    /// One store (and pool) per backend per test process, shared by every test.
+    pub fn store(self) -> Arc<dyn LockStore> {
+        static STORES: OnceLock<Mutex<HashMap<Backend, Arc<dyn LockStore>>>> = OnceLock::new();
+        let stores = STORES.get_or_init(Default::default);
+        let mut stores = stores.lock();
+        stores
+            .entry(self)
+            .or_insert_with(|| {
+                if self == Backend::DynamoDb {
+                    // The AWS SDK wants credentials even for a local server.
+                    for (k, v) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")] {
+                        if std::env::var_os(k).is_none() {
+                            std::env::set_var(k, v);
+                        }
+                    }
+                }
+                let config = self.config("conformance");
+                db_locks::store::connect(&config).unwrap_or_else(|e| {
+                    panic!(
+                        "the {} store is not reachable, and this run was asked to cover it (its cargo \
+                         feature is on): {e}\nStart the local services with scripts/services.sh",
+                        self.name()
+                    )
+                })
+            })
+            .clone()
+    }
+
+    /// A manager for `tenant` over the shared store.
+    pub fn manager(self, tenant: &str) -> LockManager {
+        self.manager_over(tenant, self.store())
+    }
+
+    /// A manager for `tenant` over `store` (e.g. a [`FlakyStore`] around the shared one).
+    pub fn manager_over(self, tenant: &str, store: Arc<dyn LockStore>) -> LockManager {
+        LockManager::from_store(&self.config(tenant), store, &prometheus::Registry::new()).unwrap()
+    }
+}
+
+/// One SQLite file per test process.
+fn sqlite_path() -> String {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
+    dir.path().join("locks.sqlite").display().to_string()
+}
+
+/// A key of its own for each test (name plus random suffix), so tests run in parallel
+/// against one server.
+pub fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Wraps a store and fails renewals or releases on command.
+#[derive(Debug)]
+pub struct FlakyStore {
+    pub inner: Arc<dyn LockStore>,
+    /// Renewals fail with a retryable error without reaching the store.
+    pub fail_renewals: AtomicBool,
+    /// The next N renewals reach the store and succeed there, but report a timeout: the
+    /// reply was "lost".
+    pub lose_renewal_replies: AtomicUsize,
+    /// Releases fail with a retryable error.
+    pub fail_releases: AtomicBool,
+    pub renewals_seen: AtomicUsize,
+}
+
+impl FlakyStore {
+    pub fn new(inner: Arc<dyn LockStore>) -> Arc<FlakyStore> {
+        Arc::new(FlakyStore {
+            inner,
+            fail_renewals: AtomicBool::new(false),
+            lose_renewal_replies: AtomicUsize::new(0),
+            fail_releases: AtomicBool::new(false),
+            renewals_seen: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl LockStore for FlakyStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn migrate(&self) -> Result<()> {
+        self.inner.migrate()
+    }
+    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        self.inner.try_acquire_mutex(req)
+    }
+    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        self.inner.try_acquire_permit(req)
+    }
+    fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
+        self.renewals_seen.fetch_add(1, Ordering::SeqCst);
+        if self.fail_renewals.load(Ordering::SeqCst) {
+            return Err(LockError::Unavailable("injected: renewal failed".into()));
+        }
+        let result = self.inner.renew(req);
+        let lose = self
+            .lose_renewal_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            assert!(
+                matches!(result, Ok(Some(_))),
+                "the renewal whose reply is lost must have succeeded: {result:?}"
+            );
+            return Err(LockError::Unavailable(
+                "injected: renewal reply lost".into(),
+            ));
+        }
+        result
+    }
+    fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
+        if self.fail_releases.load(Ordering::SeqCst) {
+            return Err(LockError::Unavailable("injected: release failed".into()));
+        }
+        self.inner.release(req)
+    }
+    fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
+        self.inner.get_mutex(tenant_id, key)
+    }
+    fn delete_mutex(&self, tenant_id: &str, key: &str, version: Option<&str>) -> Result<bool> {
+        self.inner.delete_mutex(tenant_id, key, version)
+    }
+    fn put_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore> {
+        self.inner.put_semaphore(semaphore)
+    }
+    fn get_semaphore(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
+        self.inner.get_semaphore(tenant_id, key)
+    }
+    fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool> {
+        self.inner.delete_semaphore(tenant_id, key)
+    }
+    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
+        self.inner.semaphore_mutexes(tenant_id, key)
+    }
+    fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {
+        self.inner.list_mutexes(tenant_id)
+    }
+    fn list_semaphores(&self, tenant_id: &str) -> Result<Vec<Semaphore>> {
+        self.inner.list_semaphores(tenant_id)
+    }
+}
+
+/// The backends this build covers (by cargo feature).
+pub fn covered_backends() -> Vec<Backend> {
+    let mut v = Vec::new();
+    if cfg!(feature = "sqlite") {
+        v.push(Backend::Sqlite);
+    }
+    if cfg!(feature = "postgres") {
+        v.push(Backend::Postgres);
+    }
+    if cfg!(feature = "mysql") {
+        v.push(Backend::Mysql);
+    }
+    if cfg!(feature = "redis") {
+        v.push(Backend::Redis);
+    }
+    if cfg!(feature = "dynamodb") {
+        v.push(Backend::DynamoDb);
+    }
+    v
+}
