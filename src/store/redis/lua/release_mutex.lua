@@ -1,0 +1,21 @@
+-- KEYS: 1 record, 2 lock, 3 the tenant's mutex index.
+-- ARGV: 1 mutex key, 2 version, 3 'delete' | 'keep' | 'flag' (as delete_on_release says),
+--       4 '1' if ARGV[5] is new data.
+--
+-- Invariant: only the current holder releases (compare-and-set on the version). The
+-- fencing counter is not touched, so the next grant's token is higher, also after a delete.
+local rec = redis.call('HMGET', KEYS[1], 'version', 'locked', 'delete_on_release')
+if rec[2] ~= '1' or rec[1] ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+if ARGV[3] == 'delete' or (ARGV[3] == 'flag' and rec[3] == '1') then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'locked', '0', 'expires_at_ms', int(now_ms()))
+  if ARGV[4] == '1' then
+    redis.call('HSET', KEYS[1], 'data', ARGV[5])
+  end
+end
+return 1

@@ -1,0 +1,931 @@
+//! The Redis store: one Lua script per operation, leases in milliseconds on the server's
+//! clock, fencing tokens from counters that outlive the locks.
+//!
+//! # Key layout
+//!
+//! Every key starts with the configured prefix ([`LocksConfig::redis_key_prefix`], default
+//! `db-locks`) and the tenant in a hash tag, so all of one tenant's keys, and therefore every
+//! key one script touches, live in one cluster slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{T}:m:K` | hash | mutex `K`: `version`, `fencing_token`, `lease_ms`, `expires_at_ms`, `locked`, `delete_on_release`, `data` |
+//! | `P:{T}:m:K:lock` | string, `PX` TTL | the holder's version while the lease runs |
+//! | `P:{T}:m:K:fence` | string | the mutex's fencing counter (`INCR`); never deleted |
+//! | `P:{T}:mutexes` | sorted set | index of the tenant's mutexes (score 0, ordered by key) |
+//! | `P:{T}:s:S` | hash | semaphore `S`: `version`, `max_size`, `lease_ms`, `created_at_ms`, `updated_at_ms` |
+//! | `P:{T}:s:S:holders` | sorted set | slot index → expiry (ms since the epoch) of each granted permit |
+//! | `P:{T}:s:S:free` | sorted set | slot index → index, of the slots below `max_size` nobody holds |
+//! | `P:{T}:s:S:slots` | hash | per slot `<i>:version`, `<i>:fencing_token`, `<i>:lease_ms`, `<i>:expires_at_ms`, `<i>:locked`, `<i>:data` |
+//! | `P:{T}:s:S:fence` | hash | slot index → the slot's fencing counter (`HINCRBY`); never deleted |
+//! | `P:{T}:semaphores` | sorted set | index of the tenant's semaphores |
+//!
+//! `T`, `K` and `S` are written with `%`, `:`, `{` and `}` percent-encoded, so no tenant or key
+//! can break out of its place or of the hash tag; the prefix has its braces encoded.
+//! A permit slot `i` of semaphore `S` is reported as the mutex `S_i`.
+//!
+//! # How the operations work
+//!
+//! Each acquire, renew and release is one `EVALSHA` of a script loaded once (`EVAL` after a
+//! `NOSCRIPT`, e.g. after a server restart). A mutex is granted when its lock key is absent;
+//! the script writes the lock key with its `PX` in the same `SET`, so no lock key ever
+//! exists without a TTL, and takes the fencing token from the counter. Renew and release
+//! compare-and-set on the version kept in the record; as on the SQL stores, a lease that ran
+//! out but that nobody took over can still be renewed or released. Expiry times come from `TIME` inside the
+//! scripts: the client's clock is never used. A permit is the lowest index popped from `free`
+//! once fewer than `max_size` holders are live (expired holders are reclaimed in the same
+//! script), so its cost does not grow with `max_size`. Each script states the invariant it
+//! keeps (`lua/*.lua`).
+//!
+//! # Limits
+//!
+//! * **One primary.** Locks are as durable as the primary's memory. Redis replicates
+//!   asynchronously: if the primary fails after granting a lock but before a replica got the
+//!   write, the promoted replica does not know the lock and grants it again. `WAIT` narrows
+//!   that window but cannot close it. Persistence (AOF `appendfsync always`) covers restarts
+//!   of a single server, not failover.
+//! * **No Redlock.** Redlock (a majority of independent primaries) still trusts every
+//!   process to pause for less than a lease and every clock to run at the same rate; it
+//!   gives no token a resource could check, and it multiplies the round trips. It is not
+//!   offered.
+//! * **The fencing token is the remedy** for paused holders: a resource that remembers the
+//!   highest token it has seen and rejects lower ones stays safe when a holder whose lease
+//!   ran out comes back. The counters live on the same primary, so a failover that loses a
+//!   grant can lose its increment too, and the next grant may repeat that token: a resource
+//!   that must survive failover should also reject a token equal to the last one from a
+//!   different holder, or the deployment should not fail over without the replica being in
+//!   sync (`WAIT`, `min-replicas-to-write`).
+//! * **Memory.** Use `maxmemory-policy noeviction`: `volatile-*` policies evict exactly the
+//!   keys with a TTL, i.e. lock keys. (Acquire also checks the record's expiry, so an evicted
+//!   lock key alone does not grant a live lease twice.) Fencing counters stay after a mutex
+//!   or semaphore is deleted: one small key per name ever used.
+//! * **Topology.** The store talks to one server (Redis 6 or later). The hash tag keeps the
+//!   keys of each script in one slot, so the layout would also fit a cluster; there, all of
+//!   one tenant's keys would share one shard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use super::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+use crate::config::LocksConfig;
+use crate::error::{LockError, Redactor, Result};
+use crate::model::{millis_to_datetime, slot_key, MutexLock, Semaphore};
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+/// Oldest server the scripts run on (`ZPOPMIN`, variadic `HSET`, effects replication).
+const MIN_REDIS_MAJOR: u32 = 6;
+
+/// The scripts, each with the shared helpers prepended.
+struct Scripts {
+    acquire_mutex: Script,
+    renew_mutex: Script,
+    release_mutex: Script,
+    delete_mutex: Script,
+    put_semaphore: Script,
+    get_semaphore: Script,
+    delete_semaphore: Script,
+    acquire_permit: Script,
+    renew_permit: Script,
+    release_permit: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let s = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        Scripts {
+            acquire_mutex: s(include_str!("lua/acquire_mutex.lua")),
+            renew_mutex: s(include_str!("lua/renew_mutex.lua")),
+            release_mutex: s(include_str!("lua/release_mutex.lua")),
+            delete_mutex: s(include_str!("lua/delete_mutex.lua")),
+            put_semaphore: s(include_str!("lua/put_semaphore.lua")),
+            get_semaphore: s(include_str!("lua/get_semaphore.lua")),
+            delete_semaphore: s(include_str!("lua/delete_semaphore.lua")),
+            acquire_permit: s(include_str!("lua/acquire_permit.lua")),
+            renew_permit: s(include_str!("lua/renew_permit.lua")),
+            release_permit: s(include_str!("lua/release_permit.lua")),
+        }
+    }
+
+    fn all(&self) -> [&Script; 10] {
+        [
+            &self.acquire_mutex,
+            &self.renew_mutex,
+            &self.release_mutex,
+            &self.delete_mutex,
+            &self.put_semaphore,
+            &self.get_semaphore,
+            &self.delete_semaphore,
+            &self.acquire_permit,
+            &self.renew_permit,
+            &self.release_permit,
+        ]
+    }
+}
+
+/// `semaphore_mutexes` reads: `[max_size, created_at_ms]`, the `slots` hash, the `fence` hash.
+type SlotsSnapshot = (
+    Vec<Option<i64>>,
+    HashMap<String, String>,
+    HashMap<String, i64>,
+);
+
+/// A pooled connection, with a mark for one that failed mid-request: its stream may hold
+/// a late reply, so the pool drops it instead of handing it out again.
+struct Conn {
+    inner: redis::Connection,
+    broken: bool,
+}
+
+/// Opens connections with the connect timeout, then sets the I/O timeouts on them.
+struct ConnectionManager {
+    client: redis::Client,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = Conn;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> std::result::Result<Conn, redis::RedisError> {
+        let inner = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        inner.set_read_timeout(Some(self.io_timeout))?;
+        inner.set_write_timeout(Some(self.io_timeout))?;
+        Ok(Conn {
+            inner,
+            broken: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), redis::RedisError> {
+        redis::cmd("PING").query::<()>(&mut conn.inner)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        use redis::ConnectionLike;
+        conn.broken || !conn.inner.is_open()
+    }
+}
+
+/// Builds the key names (see the module docs).
+#[derive(Debug, Clone)]
+struct KeySpace {
+    prefix: String,
+}
+
+/// `s` with `%`, `:`, `{` and `}` percent-encoded.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct MutexKeys {
+    record: String,
+    lock: String,
+    fence: String,
+    index: String,
+}
+
+struct SemaphoreKeys {
+    record: String,
+    holders: String,
+    free: String,
+    slots: String,
+    fence: String,
+    index: String,
+}
+
+impl KeySpace {
+    fn new(prefix: &str) -> KeySpace {
+        KeySpace {
+            prefix: prefix.replace('{', "%7B").replace('}', "%7D"),
+        }
+    }
+
+    fn tenant(&self, tenant: &str) -> String {
+        format!("{}:{{{}}}", self.prefix, escape(tenant))
+    }
+
+    fn mutex_index(&self, tenant: &str) -> String {
+        format!("{}:mutexes", self.tenant(tenant))
+    }
+
+    fn semaphore_index(&self, tenant: &str) -> String {
+        format!("{}:semaphores", self.tenant(tenant))
+    }
+
+    fn mutex(&self, tenant: &str, key: &str) -> MutexKeys {
+        let record = format!("{}:m:{}", self.tenant(tenant), escape(key));
+        MutexKeys {
+            lock: format!("{record}:lock"),
+            fence: format!("{record}:fence"),
+            index: self.mutex_index(tenant),
+            record,
+        }
+    }
+
+    fn semaphore(&self, tenant: &str, key: &str) -> SemaphoreKeys {
+        let record = format!("{}:s:{}", self.tenant(tenant), escape(key));
+        SemaphoreKeys {
+            holders: format!("{record}:holders"),
+            free: format!("{record}:free"),
+            slots: format!("{record}:slots"),
+            fence: format!("{record}:fence"),
+            index: self.semaphore_index(tenant),
+            record,
+        }
+    }
+}
+
+/// The index of slot key `key` of semaphore `semaphore_key`, if it is one.
+fn slot_index(semaphore_key: &str, key: &str) -> Option<i64> {
+    let index: i64 = key
+        .strip_prefix(semaphore_key)?
+        .strip_prefix('_')?
+        .parse()
+        .ok()?;
+    (index >= 0 && slot_key(semaphore_key, index) == key).then_some(index)
+}
+
+/// `"1"` or `"0"`, as the scripts store flags.
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+fn unexpected(what: &str, value: &Value) -> LockError {
+    LockError::Store(format!("unexpected reply from Redis to {what}: {value:?}"))
+}
+
+/// A text value of a reply (`None` for nil or false).
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// An integer value of a reply (integers, or text holding one).
+fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The reply of the scripts that return a lock: `{version, fencing_token, lease_ms,
+/// expires_at_ms, locked, delete_on_release, data[, slot index]}`, or nil.
+struct LockReply {
+    version: String,
+    fencing_token: i64,
+    lease_ms: i64,
+    expires_at_ms: i64,
+    locked: bool,
+    delete_on_release: bool,
+    data: Option<String>,
+    index: Option<i64>,
+}
+
+impl LockReply {
+    fn parse(what: &str, value: &Value) -> Result<Option<LockReply>> {
+        let items = match value {
+            Value::Nil | Value::Boolean(false) => return Ok(None),
+            Value::Array(items) if items.len() >= 7 => items,
+            other => return Err(unexpected(what, other)),
+        };
+        let int = |i: usize| integer(&items[i]).ok_or_else(|| unexpected(what, value));
+        Ok(Some(LockReply {
+            version: text(&items[0]).ok_or_else(|| unexpected(what, value))?,
+            fencing_token: int(1)?,
+            lease_ms: int(2)?,
+            expires_at_ms: int(3)?,
+            locked: int(4)? == 1,
+            delete_on_release: int(5)? == 1,
+            data: text(&items[6]),
+            index: items.get(7).and_then(integer),
+        }))
+    }
+
+    fn into_lock(self, tenant_id: &str, key: String, semaphore_key: Option<&str>) -> MutexLock {
+        MutexLock {
+            mutex_key: key,
+            tenant_id: tenant_id.to_owned(),
+            version: self.version,
+            fencing_token: self.fencing_token,
+            lease_duration_ms: self.lease_ms,
+            semaphore_key: semaphore_key.map(str::to_owned),
+            data: self.data,
+            delete_on_release: self.delete_on_release,
+            locked: self.locked,
+            expires_at: millis_to_datetime(self.expires_at_ms),
+        }
+    }
+}
+
+/// A mutex record read with `HGETALL` (`None` when empty: no such mutex).
+fn mutex_from_hash(
+    tenant_id: &str,
+    key: &str,
+    mut h: HashMap<String, String>,
+) -> Option<MutexLock> {
+    let version = h.remove("version")?;
+    let int = |h: &HashMap<String, String>, f: &str| {
+        h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0)
+    };
+    Some(MutexLock {
+        mutex_key: key.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        version,
+        fencing_token: int(&h, "fencing_token"),
+        lease_duration_ms: int(&h, "lease_ms"),
+        semaphore_key: None,
+        delete_on_release: int(&h, "delete_on_release") == 1,
+        locked: int(&h, "locked") == 1,
+        expires_at: millis_to_datetime(int(&h, "expires_at_ms")),
+        data: h.remove("data"),
+    })
+}
+
+/// A semaphore from `{version, max_size, lease_ms, busy_count}`.
+fn semaphore_from_items(
+    what: &str,
+    tenant_id: &str,
+    key: &str,
+    items: &[Value],
+) -> Result<Option<Semaphore>> {
+    if items.len() < 4 {
+        return Err(LockError::Store(format!(
+            "unexpected reply from Redis to {what}: {items:?}"
+        )));
+    }
+    let Some(version) = text(&items[0]) else {
+        return Ok(None);
+    };
+    let int = |i: usize| {
+        integer(&items[i]).ok_or_else(|| {
+            LockError::Store(format!("unexpected reply from Redis to {what}: {items:?}"))
+        })
+    };
+    Ok(Some(Semaphore {
+        semaphore_key: key.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        version,
+        max_size: int(1)?,
+        lease_duration_ms: int(2)?,
+        busy_count: int(3)?,
+    }))
+}
+
+/// A lock store in Redis (one primary), reached through an r2d2 pool. See the module docs.
+pub struct RedisStore {
+    pool: r2d2::Pool<ConnectionManager>,
+    keys: KeySpace,
+    scripts: Scripts,
+    redactor: Redactor,
+    url: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.keys.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `config.redis_url` with the configured pool size and timeouts, and checks
+    /// the server (and loads the scripts) if `config.run_migrations` is set. An unreachable
+    /// server fails here with [`LockError::Unavailable`].
+    pub fn connect(config: &LocksConfig) -> Result<RedisStore> {
+        let redactor = Redactor::for_url(&config.redis_url);
+        let url = crate::error::redact_url(&config.redis_url);
+        let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| {
+            LockError::Config(redactor.clean(format!("invalid Redis URL `{url}`: {e}")))
+        })?;
+        let manager = ConnectionManager {
+            client,
+            connect_timeout: config.connect_timeout(),
+            io_timeout: config.io_timeout(),
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size)
+            // One connection up front, so an unreachable server fails here, clearly.
+            .min_idle(Some(1))
+            .connection_timeout(config.connect_timeout())
+            // No PING per checkout: every operation stays one round trip. A connection that
+            // failed mid-request is marked broken and dropped instead.
+            .test_on_check_out(false)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|e| {
+                LockError::Unavailable(
+                    redactor.clean(format!("cannot connect to Redis at {url}: {e}")),
+                )
+            })?;
+        let store = RedisStore {
+            pool,
+            keys: KeySpace::new(&config.redis_key_prefix),
+            scripts: Scripts::new(),
+            redactor,
+            url,
+        };
+        if config.run_migrations {
+            store.migrate()?;
+        }
+        Ok(store)
+    }
+
+    fn error(&self, e: redis::RedisError) -> LockError {
+        use redis::{ErrorKind, ServerErrorKind};
+        let msg = self.redactor.clean(format!("Redis at {}: {e}", self.url));
+        let retryable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+            )
+            // A long-running script holds the server.
+            || e.code() == Some("BUSY");
+        if retryable {
+            LockError::Unavailable(msg)
+        } else {
+            LockError::Store(msg)
+        }
+    }
+
+    /// Runs `f` on a pooled connection; a connection that failed with an I/O error is
+    /// dropped from the pool rather than reused.
+    fn run<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
+        let mut conn = self.pool.get().map_err(|e| {
+            LockError::Unavailable(
+                self.redactor
+                    .clean(format!("no connection to Redis at {}: {e}", self.url)),
+            )
+        })?;
+        f(&mut conn.inner).map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
+                conn.broken = true;
+            }
+            self.error(e)
+        })
+    }
+
+    fn semaphore_record(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
+        let k = self.keys.semaphore(tenant_id, key);
+        let reply: Value = self.run(|c| {
+            self.scripts
+                .get_semaphore
+                .key(&k.record)
+                .key(&k.holders)
+                .invoke(c)
+        })?;
+        match &reply {
+            Value::Nil | Value::Boolean(false) => Ok(None),
+            Value::Array(items) => semaphore_from_items("get_semaphore", tenant_id, key, items),
+            other => Err(unexpected("get_semaphore", other)),
+        }
+    }
+}
+
+impl LockStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    /// Redis has no schema: checks that the server is recent enough and loads the scripts.
+    fn migrate(&self) -> Result<()> {
+        let info: String = self.run(|c| redis::cmd("INFO").arg("server").query(c))?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or("");
+        let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+        if major.is_some_and(|m| m < MIN_REDIS_MAJOR) {
+            return Err(LockError::Store(format!(
+                "Redis {MIN_REDIS_MAJOR}.0 or later is required; the server at {} runs {version}",
+                self.url
+            )));
+        }
+        self.run(|c| {
+            for script in self.scripts.all() {
+                script.prepare_invoke().load(c)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        let k = self.keys.mutex(req.tenant_id, req.key);
+        let reply: Value = self.run(|c| {
+            self.scripts
+                .acquire_mutex
+                .key(&k.record)
+                .key(&k.lock)
+                .key(&k.fence)
+                .key(&k.index)
+                .arg(req.key)
+                .arg(req.version)
+                .arg(req.lease_ms)
+                .arg(flag(req.data.is_some()))
+                .arg(req.data.unwrap_or(""))
+                .arg(flag(req.delete_on_release))
+                .invoke(c)
+        })?;
+        Ok(LockReply::parse("acquire_mutex", &reply)?
+            .map(|r| r.into_lock(req.tenant_id, req.key.to_owned(), None)))
+    }
+
+    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        let k = self.keys.semaphore(req.tenant_id, req.key);
+        let reply: Value = self.run(|c| {
+            self.scripts
+                .acquire_permit
+                .key(&k.record)
+                .key(&k.holders)
+                .key(&k.free)
+                .key(&k.slots)
+                .key(&k.fence)
+                .arg(req.version)
+                .arg(req.lease_ms.max(0))
+                .arg(flag(req.data.is_some()))
+                .arg(req.data.unwrap_or(""))
+                .invoke(c)
+        })?;
+        if reply == Value::Int(-1) {
+            return Err(LockError::NotFound(format!(
+                "semaphore `{}` does not exist",
+                req.key
+            )));
+        }
+        match LockReply::parse("acquire_permit", &reply)? {
+            None => Ok(None),
+            Some(r) => {
+                let index = r
+                    .index
+                    .ok_or_else(|| unexpected("acquire_permit", &reply))?;
+                Ok(Some(r.into_lock(
+                    req.tenant_id,
+                    slot_key(req.key, index),
+                    Some(req.key),
+                )))
+            }
+        }
+    }
+
+    fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
+        let has_data = flag(req.data.is_some());
+        let data = req.data.unwrap_or("");
+        let reply: Value = match req.semaphore_key {
+            None => {
+                let k = self.keys.mutex(req.tenant_id, req.key);
+                self.run(|c| {
+                    self.scripts
+                        .renew_mutex
+                        .key(&k.record)
+                        .key(&k.lock)
+                        .arg(req.version)
+                        .arg(req.new_version)
+                        .arg(req.lease_ms)
+                        .arg(has_data)
+                        .arg(data)
+                        .invoke(c)
+                })?
+            }
+            Some(sem) => {
+                let Some(index) = slot_index(sem, req.key) else {
+                    return Ok(None);
+                };
+                let k = self.keys.semaphore(req.tenant_id, sem);
+                self.run(|c| {
+                    self.scripts
+                        .renew_permit
+                        .key(&k.holders)
+                        .key(&k.slots)
+                        .arg(index)
+                        .arg(req.version)
+                        .arg(req.new_version)
+                        .arg(req.lease_ms)
+                        .arg(has_data)
+                        .arg(data)
+                        .invoke(c)
+                })?
+            }
+        };
+        Ok(LockReply::parse("renew", &reply)?
+            .map(|r| r.into_lock(req.tenant_id, req.key.to_owned(), req.semaphore_key)))
+    }
+
+    fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
+        let has_data = flag(req.data.is_some());
+        let data = req.data.unwrap_or("");
+        let released: i64 = match req.semaphore_key {
+            None => {
+                let k = self.keys.mutex(req.tenant_id, req.key);
+                let mode = match req.delete {
+                    Some(true) => "delete",
+                    Some(false) => "keep",
+                    None => "flag",
+                };
+                self.run(|c| {
+                    self.scripts
+                        .release_mutex
+                        .key(&k.record)
+                        .key(&k.lock)
+                        .key(&k.index)
+                        .arg(req.key)
+                        .arg(req.version)
+                        .arg(mode)
+                        .arg(has_data)
+                        .arg(data)
+                        .invoke(c)
+                })?
+            }
+            // Permit slots are never deleted on release.
+            Some(sem) => {
+                let Some(index) = slot_index(sem, req.key) else {
+                    return Ok(false);
+                };
+                let k = self.keys.semaphore(req.tenant_id, sem);
+                self.run(|c| {
+                    self.scripts
+                        .release_permit
+                        .key(&k.record)
+                        .key(&k.holders)
+                        .key(&k.free)
+                        .key(&k.slots)
+                        .arg(index)
+                        .arg(req.version)
+                        .arg(has_data)
+                        .arg(data)
+                        .invoke(c)
+                })?
+            }
+        };
+        Ok(released == 1)
+    }
+
+    fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
+        let k = self.keys.mutex(tenant_id, key);
+        let h: HashMap<String, String> =
+            self.run(|c| redis::cmd("HGETALL").arg(&k.record).query(c))?;
+        Ok(mutex_from_hash(tenant_id, key, h))
+    }
+
+    fn delete_mutex(&self, tenant_id: &str, key: &str, version: Option<&str>) -> Result<bool> {
+        let k = self.keys.mutex(tenant_id, key);
+        let outcome: i64 = self.run(|c| {
+            self.scripts
+                .delete_mutex
+                .key(&k.record)
+                .key(&k.lock)
+                .key(&k.index)
+                .arg(key)
+                .arg(flag(version.is_some()))
+                .arg(version.unwrap_or(""))
+                .invoke(c)
+        })?;
+        if outcome < 0 {
+            return Err(LockError::Conflict(format!(
+                "mutex `{key}` is held by a live lease; release it or wait for the lease to expire"
+            )));
+        }
+        Ok(outcome == 1)
+    }
+
+    fn put_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore> {
+        let (tenant, key) = (&semaphore.tenant_id, &semaphore.semaphore_key);
+        let k = self.keys.semaphore(tenant, key);
+        let reply: Value = self.run(|c| {
+            self.scripts
+                .put_semaphore
+                .key(&k.record)
+                .key(&k.holders)
+                .key(&k.free)
+                .key(&k.slots)
+                .key(&k.index)
+                .arg(key)
+                .arg(&semaphore.version)
+                .arg(semaphore.max_size)
+                .arg(semaphore.lease_duration_ms)
+                .invoke(c)
+        })?;
+        let stored = match &reply {
+            Value::Array(items) => semaphore_from_items("put_semaphore", tenant, key, items)?,
+            _ => None,
+        };
+        stored.ok_or_else(|| unexpected("put_semaphore", &reply))
+    }
+
+    fn get_semaphore(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
+        self.semaphore_record(tenant_id, key)
+    }
+
+    fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool> {
+        let k = self.keys.semaphore(tenant_id, key);
+        let outcome: i64 = self.run(|c| {
+            self.scripts
+                .delete_semaphore
+                .key(&k.record)
+                .key(&k.holders)
+                .key(&k.free)
+                .key(&k.slots)
+                .key(&k.index)
+                .arg(key)
+                .invoke(c)
+        })?;
+        if outcome < 0 {
+            return Err(LockError::Conflict(format!(
+                "semaphore `{key}` has {} live permit(s); release them or wait for their leases to expire",
+                -outcome
+            )));
+        }
+        Ok(outcome == 1)
+    }
+
+    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
+        let k = self.keys.semaphore(tenant_id, key);
+        // One consistent snapshot (MULTI/EXEC), one round trip.
+        let (record, slots, fence): SlotsSnapshot = self.run(|c| {
+            redis::pipe()
+                .atomic()
+                .cmd("HMGET")
+                .arg(&k.record)
+                .arg("max_size")
+                .arg("created_at_ms")
+                .cmd("HGETALL")
+                .arg(&k.slots)
+                .cmd("HGETALL")
+                .arg(&k.fence)
+                .query(c)
+        })?;
+        let Some(max_size) = record.first().copied().flatten() else {
+            return Ok(Vec::new());
+        };
+        let created_at_ms = record.get(1).copied().flatten().unwrap_or(0);
+        // Slots below max_size, and retired ones (at or above it) that are still held.
+        let mut indexes: Vec<i64> = (0..max_size).collect();
+        indexes.extend(
+            slots
+                .keys()
+                .filter_map(|f| f.strip_suffix(":version")?.parse::<i64>().ok())
+                .filter(|&i| i >= max_size),
+        );
+        indexes.sort_unstable();
+        let field = |i: i64, name: &str| slots.get(&format!("{i}:{name}"));
+        let int = |i: i64, name: &str| field(i, name).and_then(|v| v.parse::<i64>().ok());
+        Ok(indexes
+            .into_iter()
+            .map(|i| {
+                let granted = field(i, "version").is_some();
+                MutexLock {
+                    mutex_key: slot_key(key, i),
+                    tenant_id: tenant_id.to_owned(),
+                    version: field(i, "version").cloned().unwrap_or_default(),
+                    // A slot never granted (or dropped by a shrink) shows its counter.
+                    fencing_token: int(i, "fencing_token")
+                        .or_else(|| fence.get(&i.to_string()).copied())
+                        .unwrap_or(0),
+                    lease_duration_ms: int(i, "lease_ms").unwrap_or(0),
+                    semaphore_key: Some(key.to_owned()),
+                    data: field(i, "data").cloned(),
+                    delete_on_release: false,
+                    locked: granted && int(i, "locked") == Some(1),
+                    expires_at: millis_to_datetime(
+                        int(i, "expires_at_ms").unwrap_or(created_at_ms),
+                    ),
+                }
+            })
+            .collect())
+    }
+
+    fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {
+        let index = self.keys.mutex_index(tenant_id);
+        let names: Vec<String> =
+            self.run(|c| redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query(c))?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<HashMap<String, String>> = self.run(|c| {
+            let mut pipe = redis::pipe();
+            for name in &names {
+                pipe.cmd("HGETALL")
+                    .arg(self.keys.mutex(tenant_id, name).record);
+            }
+            pipe.query(c)
+        })?;
+        Ok(names
+            .iter()
+            .zip(records)
+            // A mutex deleted between the two reads is left out.
+            .filter_map(|(name, h)| mutex_from_hash(tenant_id, name, h))
+            .collect())
+    }
+
+    fn list_semaphores(&self, tenant_id: &str) -> Result<Vec<Semaphore>> {
+        let index = self.keys.semaphore_index(tenant_id);
+        let (names, (secs, micros)): (Vec<String>, (i64, i64)) = self.run(|c| {
+            redis::pipe()
+                .cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(-1)
+                .cmd("TIME")
+                .query(c)
+        })?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = secs * 1000 + micros / 1000;
+        let replies: Vec<Value> = self.run(|c| {
+            let mut pipe = redis::pipe();
+            for name in &names {
+                let k = self.keys.semaphore(tenant_id, name);
+                pipe.cmd("HMGET")
+                    .arg(&k.record)
+                    .arg("version")
+                    .arg("max_size")
+                    .arg("lease_ms")
+                    .cmd("ZCOUNT")
+                    .arg(&k.holders)
+                    .arg(format!("({now_ms}"))
+                    .arg("+inf");
+            }
+            pipe.query(c)
+        })?;
+        let mut out = Vec::with_capacity(names.len());
+        for (name, pair) in names.iter().zip(replies.chunks(2)) {
+            let [Value::Array(fields), busy] = pair else {
+                return Err(LockError::Store(format!(
+                    "unexpected reply from Redis to list_semaphores: {pair:?}"
+                )));
+            };
+            let mut items = fields.clone();
+            items.push(busy.clone());
+            // A semaphore deleted between the two reads is left out.
+            if let Some(s) = semaphore_from_items("list_semaphores", tenant_id, name, &items)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_their_place() {
+        let keys = KeySpace::new("app{x}");
+        let m = keys.mutex("ten:ant{1}", "a:lock");
+        assert_eq!(m.record, "app%7Bx%7D:{ten%3Aant%7B1%7D}:m:a%3Alock");
+        assert_eq!(m.lock, "app%7Bx%7D:{ten%3Aant%7B1%7D}:m:a%3Alock:lock");
+        assert_ne!(keys.mutex("t", "a:lock").record, keys.mutex("t", "a").lock);
+        assert_eq!(keys.mutex("t", "100%").record, "app%7Bx%7D:{t}:m:100%25");
+        let s = keys.semaphore("t", "pool");
+        assert_eq!(s.holders, "app%7Bx%7D:{t}:s:pool:holders");
+        assert_eq!(s.index, "app%7Bx%7D:{t}:semaphores");
+    }
+
+    #[test]
+    fn slot_indexes_parse_exactly() {
+        assert_eq!(slot_index("pool", "pool_3"), Some(3));
+        assert_eq!(slot_index("a_1", "a_1_12"), Some(12));
+        assert_eq!(slot_index("pool", "pool_03"), None);
+        assert_eq!(slot_index("pool", "pool_-1"), None);
+        assert_eq!(slot_index("pool", "other_1"), None);
+        assert_eq!(slot_index("pool", "pool3"), None);
+    }
+}

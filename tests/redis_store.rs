@@ -1,0 +1,417 @@
+//! Tests of the Redis store beyond the conformance suite: millisecond leases on the server's
+//! clock, lost renewal replies, TTLs on every lock key, the key layout, script reloading,
+//! reclaiming expired permits, and failing fast (and without leaking a password) when the
+//! server cannot be reached. They talk to the Redis at `DB_LOCKS_TEST_REDIS_URL`
+//! (default `redis://127.0.0.1:6379`) and fail if it is not running.
+#![cfg(feature = "redis")]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use db_locks::store::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+use db_locks::{AcquireLockOptionsBuilder, LockError, LockManager, LocksConfig, SemaphoreBuilder};
+
+use support::{unique, Backend, FlakyStore};
+
+const B: Backend = Backend::Redis;
+
+fn version() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn acquire<'a>(
+    tenant: &'a str,
+    key: &'a str,
+    version: &'a str,
+    lease_ms: i64,
+) -> AcquireRequest<'a> {
+    AcquireRequest {
+        tenant_id: tenant,
+        key,
+        version,
+        lease_ms,
+        data: None,
+        delete_on_release: false,
+    }
+}
+
+/// A raw connection to the test server, for looking at what the store wrote.
+fn raw() -> redis::Connection {
+    let url = B.config("raw").redis_url;
+    redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("the Redis test server is not reachable (start it with scripts/services.sh)")
+}
+
+/// A store of its own with key prefix `prefix`.
+fn store_with_prefix(prefix: &str) -> Arc<dyn LockStore> {
+    let mut config = B.config("prefixed");
+    config.redis_key_prefix = prefix.to_owned();
+    db_locks::store::connect(&config).unwrap()
+}
+
+#[test]
+fn sub_second_lease_expires_on_time() {
+    let store = B.store();
+    let (tenant, key) = ("t-redis-subsecond", unique("subsecond"));
+    let lease = Duration::from_millis(250);
+    let sent = Instant::now();
+    let first = store
+        .try_acquire_mutex(&acquire(tenant, &key, &version(), lease.as_millis() as i64))
+        .unwrap()
+        .expect("free");
+    // expires_at comes from the server's clock: on this machine it is ~250 ms ahead.
+    let ahead = first.expires_at - chrono::Utc::now();
+    assert!(
+        ahead <= chrono::Duration::milliseconds(250) && ahead > chrono::Duration::milliseconds(50),
+        "expires_at is {ahead} ahead"
+    );
+    // Busy until the lease ends, free right after: poll every 5 ms.
+    let other = version();
+    let granted = loop {
+        if let Some(lock) = store
+            .try_acquire_mutex(&acquire(tenant, &key, &other, 10_000))
+            .unwrap()
+        {
+            break lock;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "the lease never ended"
+        );
+        thread::sleep(Duration::from_millis(5));
+    };
+    let took = sent.elapsed();
+    assert!(
+        took >= lease,
+        "granted again after {took:?}, before the lease ended"
+    );
+    assert!(
+        took < lease + Duration::from_millis(300),
+        "granted again only after {took:?}"
+    );
+    assert!(granted.fencing_token > first.fencing_token);
+}
+
+#[test]
+fn sub_second_permit_expires_on_time() {
+    let m = B.manager("t-redis-subsecond-permit");
+    let store = B.store();
+    let key = unique("subsecond-permit");
+    m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
+        .unwrap();
+    let tenant = m.tenant_id().to_owned();
+    let sent = Instant::now();
+    let crashed = store
+        .try_acquire_permit(&acquire(&tenant, &key, &version(), 300))
+        .unwrap()
+        .expect("free");
+    assert_eq!(crashed.lease_duration_ms, 300);
+    assert_eq!(m.get_semaphore(&key).unwrap().unwrap().busy_count, 1);
+    let granted = loop {
+        if let Some(p) = store
+            .try_acquire_permit(&acquire(&tenant, &key, &version(), 10_000))
+            .unwrap()
+        {
+            break p;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "the permit never expired"
+        );
+        thread::sleep(Duration::from_millis(5));
+    };
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "reclaimed after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(600),
+        "reclaimed only after {took:?}"
+    );
+    assert_eq!(
+        granted.mutex_key, crashed.mutex_key,
+        "the one slot, reclaimed"
+    );
+    assert!(granted.fencing_token > crashed.fencing_token);
+    // The crashed holder can neither renew nor release the reclaimed slot.
+    let renew = RenewRequest {
+        tenant_id: &tenant,
+        semaphore_key: Some(&key),
+        key: &crashed.mutex_key,
+        version: &crashed.version,
+        new_version: &version(),
+        lease_ms: 1_000,
+        data: None,
+    };
+    assert!(store.renew(&renew).unwrap().is_none());
+    let release = ReleaseRequest {
+        tenant_id: &tenant,
+        semaphore_key: Some(&key),
+        key: &crashed.mutex_key,
+        version: &crashed.version,
+        data: None,
+        delete: None,
+    };
+    assert!(!store.release(&release).unwrap());
+    assert_eq!(m.get_semaphore(&key).unwrap().unwrap().busy_count, 1);
+}
+
+#[test]
+fn lost_renewal_reply_is_retried_idempotently() {
+    let store = B.store();
+    let (tenant, key) = ("t-redis-lost-reply", unique("lost-reply"));
+    let lock = store
+        .try_acquire_mutex(&acquire(tenant, &key, &version(), 5_000))
+        .unwrap()
+        .unwrap();
+    let new_version = version();
+    let renew = RenewRequest {
+        tenant_id: tenant,
+        semaphore_key: None,
+        key: &key,
+        version: &lock.version,
+        new_version: &new_version,
+        lease_ms: 5_000,
+        data: None,
+    };
+    // The first renewal succeeds on the server; say its reply was lost. The retry of the
+    // same request succeeds too, with the same result.
+    let first = store.renew(&renew).unwrap().expect("renewed");
+    let retry = store
+        .renew(&renew)
+        .unwrap()
+        .expect("the retry must succeed");
+    assert_eq!(retry.version, new_version);
+    assert_eq!(retry.fencing_token, first.fencing_token);
+    assert_eq!(retry.fencing_token, lock.fencing_token);
+    assert!(retry.expires_at >= first.expires_at);
+    assert!(store
+        .try_acquire_mutex(&acquire(tenant, &key, &version(), 5_000))
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn lost_renewal_replies_do_not_lose_a_guards_lease() {
+    let flaky = FlakyStore::new(B.store());
+    let m = B.manager_over("t-redis-lost-replies", flaky.clone());
+    let key = unique("lost-replies");
+    let guard = m
+        .lock(
+            &AcquireLockOptionsBuilder::new(&key)
+                .with_lease_duration_millis(600)
+                .build(),
+        )
+        .unwrap();
+    let token = guard.fencing_token();
+    flaky.lose_renewal_replies.store(3, Ordering::SeqCst);
+    let other = B.manager("t-redis-lost-replies");
+    let until = Instant::now() + Duration::from_millis(1_800);
+    while Instant::now() < until {
+        assert!(
+            guard.is_held(),
+            "a renewal whose reply was lost ended the lease"
+        );
+        assert!(
+            other
+                .try_lock(&AcquireLockOptionsBuilder::new(&key).build())
+                .unwrap()
+                .is_none(),
+            "taken while the holder's renewals succeeded"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(flaky.lose_renewal_replies.load(Ordering::SeqCst), 0);
+    guard.ensure_held().unwrap();
+    assert_eq!(guard.fencing_token(), token);
+    let stored = m.get_mutex(&key).unwrap().unwrap();
+    assert_eq!(stored.version, guard.lock_record().version);
+    guard.release().unwrap();
+}
+
+#[test]
+fn every_lock_key_has_a_ttl_and_every_key_names_its_tenant() {
+    let prefix = unique("dbl-test");
+    let store = store_with_prefix(&prefix);
+    let tenant = "tenant:{odd}";
+    let key = "key:with{braces}";
+    let mut conn = raw();
+    let lock = store
+        .try_acquire_mutex(&acquire(tenant, key, &version(), 1_500))
+        .unwrap()
+        .unwrap();
+    let lock_key = format!("{prefix}:{{tenant%3A%7Bodd%7D}}:m:key%3Awith%7Bbraces%7D:lock");
+    let pttl: i64 = redis::cmd("PTTL").arg(&lock_key).query(&mut conn).unwrap();
+    assert!(pttl > 0 && pttl <= 1_500, "PTTL {pttl}");
+    let new_version = version();
+    store
+        .renew(&RenewRequest {
+            tenant_id: tenant,
+            semaphore_key: None,
+            key,
+            version: &lock.version,
+            new_version: &new_version,
+            lease_ms: 800,
+            data: None,
+        })
+        .unwrap()
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL").arg(&lock_key).query(&mut conn).unwrap();
+    assert!(pttl > 0 && pttl <= 800, "PTTL after renewal {pttl}");
+    let stored: String = redis::cmd("GET").arg(&lock_key).query(&mut conn).unwrap();
+    assert_eq!(stored, new_version);
+
+    let sem = "pool:1";
+    store
+        .put_semaphore(&db_locks::Semaphore {
+            semaphore_key: sem.into(),
+            tenant_id: tenant.into(),
+            version: version(),
+            max_size: 2,
+            lease_duration_ms: 1_000,
+            busy_count: 0,
+        })
+        .unwrap();
+    store
+        .try_acquire_permit(&acquire(tenant, sem, &version(), 0))
+        .unwrap()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.len() >= 8, "{keys:?}");
+    for k in &keys {
+        assert!(
+            k.starts_with(&format!("{prefix}:{{tenant%3A%7Bodd%7D}}:")),
+            "{k} is not in the tenant's hash tag"
+        );
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut conn).unwrap();
+        if k.ends_with(":lock") {
+            assert!(ttl > 0, "{k} has no TTL");
+        } else {
+            assert_eq!(ttl, -1, "{k} must not expire");
+        }
+    }
+    // Clean up the keys of this prefix (the fencing counters are meant to stay otherwise).
+    let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
+}
+
+#[test]
+fn scripts_are_reloaded_after_a_script_flush() {
+    let store = B.store();
+    let (tenant, key) = ("t-redis-noscript", unique("noscript"));
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
+    let lock = store
+        .try_acquire_mutex(&acquire(tenant, &key, &version(), 5_000))
+        .unwrap()
+        .expect("granted after reloading the script");
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
+    assert!(store
+        .release(&ReleaseRequest {
+            tenant_id: tenant,
+            semaphore_key: None,
+            key: &key,
+            version: &lock.version,
+            data: None,
+            delete: Some(true),
+        })
+        .unwrap());
+}
+
+#[test]
+fn shrinking_retires_held_slots_when_released() {
+    let m = B.manager("t-redis-retire");
+    let key = unique("retire");
+    m.create_semaphore(&SemaphoreBuilder::new(&key, 3).build())
+        .unwrap();
+    let permits: Vec<_> = (0..3)
+        .map(|_| {
+            m.acquire_permit(
+                &AcquireLockOptionsBuilder::new(&key)
+                    .with_requires_semaphore(true)
+                    .with_lease_duration_secs(10)
+                    .build(),
+            )
+            .unwrap()
+        })
+        .collect();
+    m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
+        .unwrap();
+    // All three slots are listed while held; the retired ones go once released.
+    assert_eq!(m.get_semaphore_mutexes(&key).unwrap().len(), 3);
+    drop(permits);
+    let slots = m.get_semaphore_mutexes(&key).unwrap();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    assert!(!slots[0].locked);
+    assert_eq!(slots[0].mutex_key, format!("{key}_0"));
+    // Growing again offers the retired indexes, with fencing tokens that kept growing.
+    m.create_semaphore(&SemaphoreBuilder::new(&key, 3).build())
+        .unwrap();
+    let slots = m.get_semaphore_mutexes(&key).unwrap();
+    assert_eq!(slots.len(), 3);
+    assert!(slots.iter().all(|s| s.fencing_token == 1), "{slots:?}");
+    let again: Vec<_> = (0..3)
+        .map(|_| {
+            m.acquire_permit(
+                &AcquireLockOptionsBuilder::new(&key)
+                    .with_requires_semaphore(true)
+                    .build(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(again.iter().all(|p| p.fencing_token() == 2));
+}
+
+#[test]
+fn unreachable_server_fails_fast_without_leaking_the_password() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config =
+        LocksConfig::new("t").with_redis_url(format!("redis://:hunter2secret@127.0.0.1:{port}"));
+    config.provider = db_locks::Provider::Redis;
+    config.connect_timeout_ms = 500;
+    let started = Instant::now();
+    let err = LockManager::connect(&config).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, LockError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2secret"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2secret"), "{err:?}");
+}
+
+#[test]
+fn a_silent_server_times_out() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _accepting = thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let mut config = LocksConfig::new("t").with_redis_url(format!("redis://127.0.0.1:{port}"));
+    config.provider = db_locks::Provider::Redis;
+    config.connect_timeout_ms = 400;
+    config.io_timeout_ms = 400;
+    let started = Instant::now();
+    let err = db_locks::store::connect(&config).unwrap_err();
+    assert!(matches!(err, LockError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
