@@ -59,7 +59,13 @@ impl From<ProviderArg> for Provider {
 #[derive(Debug, Args)]
 pub struct GlobalOpts {
     /// Tenant whose locks to work on; tenants never see each other's locks [default: default]
-    #[arg(short, long, global = true, env = "DB_LOCKS_TENANT", value_name = "TENANT")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "DB_LOCKS_TENANT",
+        value_name = "TENANT"
+    )]
     pub tenant: Option<String>,
 
     /// TOML config file whose keys are LocksConfig's fields; flags and environment override it
