@@ -1,5 +1,5 @@
 //! The store trait: the few atomic operations every backend provides. Waiting, backoff,
-//! heartbeats, validation and metrics are built on top of it once, in [`crate::manager`].
+//! heartbeats, validation and metrics are built on top of it once, in the `LockManager`.
 //!
 //! # Contract (what the conformance suite in `tests/` checks for every store)
 //!

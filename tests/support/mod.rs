@@ -126,8 +126,12 @@ impl Backend {
     }
 }
 
-/// One SQLite file per test process.
-fn sqlite_path() -> String {
+/// One SQLite file per test process (or the one `DB_LOCKS_TEST_SQLITE_PATH` names, which is
+/// how cross-process tests share theirs with the processes they start).
+pub fn sqlite_path() -> String {
+    if let Ok(path) = std::env::var("DB_LOCKS_TEST_SQLITE_PATH") {
+        return path;
+    }
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"));
     dir.path().join("locks.sqlite").display().to_string()

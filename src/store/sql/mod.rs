@@ -1,7 +1,7 @@
 //! The diesel stores: SQLite (embedded default), PostgreSQL and MySQL/MariaDB.
 //!
 //! One [`SqlStore`] serves all three. The operations are written once, generic over the
-//! connection; [`with_connection!`] checks out a pooled connection of whichever backend the
+//! connection; `with_connection!` checks out a pooled connection of whichever backend the
 //! store was built for and runs the body with it. The SQL texts live in `statements.rs`.
 
 mod statements;
@@ -346,19 +346,21 @@ impl SqlStore {
     where
         C: diesel::r2d2::R2D2Connection + 'static,
     {
-        Pool::builder()
+        // No connections kept warm in the background (min_idle 0): r2d2 would open them on
+        // its own threads, which can still be inside the client library when a short-lived
+        // program exits (seen as crashes in libpq/OpenSSL's exit handlers). One checkout here
+        // instead, so an unreachable database fails now, clearly.
+        let pool = Pool::builder()
             .max_size(max_size)
-            // One connection up front, so an unreachable database fails here, clearly.
-            .min_idle(Some(1))
+            .min_idle(Some(0))
             .connection_timeout(config.connect_timeout())
             .connection_customizer(setup)
             .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
-            .build(manager)
-            .map_err(|e| {
-                LockError::Unavailable(
-                    redactor.clean(format!("cannot connect to the database: {e}")),
-                )
-            })
+            .build_unchecked(manager);
+        pool.get().map_err(|e| {
+            LockError::Unavailable(redactor.clean(format!("cannot connect to the database: {e}")))
+        })?;
+        Ok(pool)
     }
 
     #[cfg(feature = "sqlite")]

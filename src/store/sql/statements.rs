@@ -10,6 +10,8 @@
 //! single conditional write, so two writers can never both see the lock as theirs.
 
 /// SQL dialect of a diesel store.
+// Only the dialects whose features are on are ever built.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
     Sqlite,
