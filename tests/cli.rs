@@ -957,6 +957,7 @@ mod usage {
             "run",
             "list",
             "migrate",
+            "bench",
         ] {
             let line = help
                 .lines()
@@ -1127,6 +1128,122 @@ mod usage {
         cmd.args(["--database-url", &ctx.url, "-t", "", "list"]);
         let out = exec(cmd);
         assert_eq!(code(&out), 2, "{}", stderr(&out));
+    }
+
+    /// `bench`: every measurement present and positive, ratios finite, no keys left behind.
+    #[test]
+    fn bench_measures_and_cleans_up() {
+        let ctx = Ctx::new(Backend::Sqlite);
+        let report = ctx.json(&[
+            "bench",
+            "-n",
+            "20",
+            "--threads",
+            "2",
+            "--semaphore-size",
+            "10",
+        ]);
+        assert_eq!(s(&report["provider"]), "rdb", "{report}");
+        assert_eq!(s(&report["store"]), ctx.url, "{report}");
+        assert_eq!(report["iterations"], 20, "{report}");
+        let positive = |v: &Value, what: &str| {
+            let x = v
+                .as_f64()
+                .unwrap_or_else(|| panic!("{what} is not a number: {report}"));
+            assert!(x.is_finite() && x > 0.0, "{what} = {x}: {report}");
+        };
+        for op in [
+            "round_trip",
+            "acquire_release",
+            "heartbeat",
+            "guard_cycle",
+            "permit_cycle",
+        ] {
+            let row = &report[op];
+            for field in ["mean_us", "p50_us", "p99_us"] {
+                positive(&row[field], &format!("{op}.{field}"));
+            }
+            assert!(
+                row["p50_us"].as_f64() <= row["p99_us"].as_f64(),
+                "{op}: {report}"
+            );
+            if op != "round_trip" {
+                positive(
+                    &row["ratio_to_round_trip"],
+                    &format!("{op}.ratio_to_round_trip"),
+                );
+            }
+        }
+        let contended = &report["contended"];
+        assert_eq!(contended["threads"], 2, "{report}");
+        positive(&contended["grants_per_sec"], "contended.grants_per_sec");
+        positive(
+            &contended["mean_us_per_grant"],
+            "contended.mean_us_per_grant",
+        );
+
+        // Every key the run created is gone; the tenant is this test's own, so: nothing.
+        assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
+
+        // The human form: one row per measurement.
+        let out = ctx.expect(
+            &[
+                "bench",
+                "-n",
+                "3",
+                "--threads",
+                "1",
+                "--semaphore-size",
+                "1",
+            ],
+            0,
+        );
+        let text = stdout(&out);
+        for op in [
+            "round_trip",
+            "acquire_release",
+            "heartbeat",
+            "guard_cycle",
+            "permit_cycle",
+            "contended",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(op)),
+                "no `{op}` row:\n{text}"
+            );
+        }
+        assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
+    }
+
+    /// `bench` checks its arguments before connecting: exit 2, nothing printed or created.
+    #[test]
+    fn bench_bad_input_is_usage_error() {
+        let ctx = Ctx::new(Backend::Sqlite);
+        let huge = "k".repeat(200);
+        let cases: &[&[&str]] = &[
+            &["bench", "-n", "0"],
+            &["bench", "-n", "-1"],
+            &["bench", "-n", "many"],
+            &["bench", "--threads", "0"],
+            &["bench", "--semaphore-size", "0"],
+            &["bench", "--semaphore-size", "-5"],
+            &["bench", "--semaphore-size", "10001"],
+            &["bench", "-k", ""],
+            &["bench", "-k", &huge],
+        ];
+        for args in cases {
+            let out = ctx.run(args);
+            assert_eq!(
+                code(&out),
+                2,
+                "db-locks {args:?}\nstdout: {}\nstderr: {}",
+                stdout(&out),
+                stderr(&out)
+            );
+            assert!(stdout(&out).is_empty(), "{args:?}");
+            assert!(!stderr(&out).is_empty(), "{args:?}");
+        }
+        assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
     }
 
     #[test]

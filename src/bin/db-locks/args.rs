@@ -145,6 +145,17 @@ db-locks exits with 3."
     List,
     /// Create or upgrade the schema (tables) now
     Migrate,
+    /// Measure the latency of each operation on this store, as ratios to a plain read
+    #[command(
+        after_help = "Measures, in one run: round_trip (get_mutex, one primary-key read: the \
+baseline), acquire_release (acquire + release of a private mutex), heartbeat (renewing a held \
+lease), guard_cycle (a guard taken and released, heartbeat thread included), permit_cycle \
+(acquire + release of a permit of a semaphore of --semaphore-size) and contended (--threads \
+threads taking turns on one mutex; its time per grant is the run's wall-clock time divided by \
+its grants). Each latency is also given as a ratio to round_trip (of the means) measured in the \
+same run. The keys are KEY_PREFIX plus a random suffix, deleted at the end."
+    )]
+    Bench(BenchArgs),
 }
 
 /// `-k KEY` alone.
@@ -289,6 +300,35 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Measured operations of each kind (also the number of grants in the contended run)
+    #[arg(short = 'n', long, value_name = "ITERATIONS", default_value_t = 200)]
+    pub iterations: u64,
+
+    /// Threads contending for one mutex in the contended run
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub threads: u64,
+
+    /// Number of permits of the semaphore used by permit_cycle
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
+    pub semaphore_size: i64,
+
+    /// Prefix of the keys the benchmark creates (and deletes at the end)
+    #[arg(
+        short,
+        long,
+        value_name = "KEY_PREFIX",
+        default_value = "db-locks-bench"
+    )]
+    pub key_prefix: String,
 }
 
 fn parse_secs(s: &str, allow_zero: bool) -> Result<Duration, String> {

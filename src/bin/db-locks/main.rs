@@ -1,7 +1,8 @@
-//! `db-locks`: the command-line tool. See `docs/cli.md` (the README's CLI section) for the
+//! `db-locks`: the command-line tool. See the README for the
 //! contract: synopsis, commands, JSON fields and exit codes.
 
 mod args;
+mod bench;
 mod output;
 mod run;
 mod waiting;
@@ -257,6 +258,7 @@ fn preflight(command: &Command) -> Result<(), LockError> {
             vec![&a.key]
         }
         Command::Run(a) => vec![&a.key],
+        Command::Bench(a) => return bench::check(a),
         Command::List | Command::Migrate => vec![],
     };
     keys.into_iter().try_for_each(validate_key)
@@ -445,19 +447,7 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
         }
         Command::Migrate => {
             manager.migrate()?;
-            let store = match config.provider {
-                Provider::Rdb => config.redacted_database_url(),
-                Provider::Redis => db_locks::redact_url(&config.redis_url),
-                Provider::Ddb => format!(
-                    "{} (tables {} and {})",
-                    config
-                        .dynamodb_endpoint
-                        .as_deref()
-                        .map_or_else(|| "DynamoDB".to_owned(), db_locks::redact_url),
-                    config.dynamodb_mutex_table,
-                    config.dynamodb_semaphore_table
-                ),
-            };
+            let store = store_name(&config);
             print(if json {
                 json_line(&json!({
                     "provider": config.provider.to_string(),
@@ -468,6 +458,13 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
                 format!("the schema of {store} is up to date\n")
             })
         }
+        Command::Bench(a) => print(bench::run(
+            &manager,
+            &config.provider.to_string(),
+            &store_name(&config),
+            a,
+            json,
+        )?),
         Command::Run(a) => {
             let mut opts =
                 AcquireLockOptionsBuilder::new(&a.key).with_requires_semaphore(a.semaphore);
@@ -498,6 +495,23 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
             };
             run::run(held, a, manager.tenant_id())
         }
+    }
+}
+
+/// The store `config` names, without passwords, for `migrate` and `bench`.
+fn store_name(config: &LocksConfig) -> String {
+    match config.provider {
+        Provider::Rdb => config.redacted_database_url(),
+        Provider::Redis => db_locks::redact_url(&config.redis_url),
+        Provider::Ddb => format!(
+            "{} (tables {} and {})",
+            config
+                .dynamodb_endpoint
+                .as_deref()
+                .map_or_else(|| "DynamoDB".to_owned(), db_locks::redact_url),
+            config.dynamodb_mutex_table,
+            config.dynamodb_semaphore_table
+        ),
     }
 }
 
