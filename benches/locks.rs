@@ -1,1 +1,182 @@
-fn main() {}
+//! Criterion benchmarks of db-locks against real stores.
+//!
+//! Every group carries its own baseline: `get_mutex`, one primary-key read through the same
+//! pool, i.e. a raw round trip to the same server. Quote results as ratios to it, measured in
+//! the same run: these machines are shared and noisy.
+//!
+//! Stores: `DB_LOCKS_BENCH_STORES=sqlite,postgres,mysql,redis,dynamodb` (default `sqlite`),
+//! reached at the URLs the tests use (see tests/support/mod.rs), e.g.
+//! `DB_LOCKS_BENCH_STORES=sqlite,postgres cargo bench --all-features --bench locks`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig, Provider, SemaphoreBuilder};
+
+fn managers() -> Vec<(String, LockManager)> {
+    let stores = std::env::var("DB_LOCKS_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    stores
+        .split(',')
+        .map(|name| {
+            let mut config = LocksConfig::new(format!("bench-{}", uuid::Uuid::new_v4().simple()));
+            match name {
+                "sqlite" => {
+                    config.database_url =
+                        Some(dir.path().join("bench.sqlite").display().to_string())
+                }
+                "postgres" => {
+                    config.database_url = Some("postgres://postgres@127.0.0.1:5432/test".into())
+                }
+                "mysql" => config.database_url = Some("mysql://root@127.0.0.1:3306/test".into()),
+                "redis" => config.provider = Provider::Redis,
+                "dynamodb" => {
+                    config.provider = Provider::Ddb;
+                    config.dynamodb_endpoint = Some("http://127.0.0.1:8000".into());
+                    config.dynamodb_region = Some("us-east-1".into());
+                    for (k, v) in [
+                        ("AWS_ACCESS_KEY_ID", "test"),
+                        ("AWS_SECRET_ACCESS_KEY", "test"),
+                    ] {
+                        if std::env::var_os(k).is_none() {
+                            std::env::set_var(k, v);
+                        }
+                    }
+                }
+                other => panic!("unknown store {other}"),
+            }
+            config.retry_base_ms = 1;
+            config.retry_max_ms = 20;
+            let manager = LockManager::connect(&config).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name.to_owned(), manager)
+        })
+        .collect()
+}
+
+/// One uncontended acquire + release, next to the raw round trip.
+fn uncontended(c: &mut Criterion) {
+    for (store, m) in managers() {
+        let mut group = c.benchmark_group(format!("uncontended/{store}"));
+        let key = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let opts = AcquireLockOptionsBuilder::new(&key)
+            .with_lease_duration_secs(30)
+            .build();
+        m.release_lock(&m.acquire_lock(&opts).unwrap().to_release_options())
+            .unwrap();
+        group.bench_function("raw_round_trip(get_mutex)", |b| {
+            b.iter(|| m.get_mutex(&key).unwrap())
+        });
+        group.bench_function("acquire_lock", |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let lock = m.acquire_lock(&opts).unwrap();
+                    spent += start.elapsed();
+                    m.release_lock(&lock.to_release_options()).unwrap();
+                }
+                spent
+            })
+        });
+        group.bench_function("acquire_and_release", |b| {
+            b.iter(|| {
+                m.release_lock(&m.acquire_lock(&opts).unwrap().to_release_options())
+                    .unwrap()
+            })
+        });
+        group.bench_function("send_heartbeat", |b| {
+            let mut lock = m.acquire_lock(&opts).unwrap();
+            b.iter(|| lock = m.send_heartbeat(&lock.to_heartbeat_options()).unwrap());
+            m.release_lock(&lock.to_release_options()).unwrap();
+        });
+        group.bench_function("guard_lock_and_drop", |b| {
+            b.iter(|| drop(m.lock(&opts).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+/// Threads contending for one mutex: time per grant (hand-over included).
+fn contended(c: &mut Criterion) {
+    for (store, m) in managers() {
+        let mut group = c.benchmark_group(format!("contended/{store}"));
+        group.sample_size(10);
+        for threads in [2usize, 8] {
+            group.bench_with_input(
+                BenchmarkId::new("grants", threads),
+                &threads,
+                |b, &threads| {
+                    let key = format!("bench-contended-{}", uuid::Uuid::new_v4().simple());
+                    b.iter_custom(|iters| {
+                        let per_thread = (iters as usize).div_ceil(threads);
+                        let start = Instant::now();
+                        let workers: Vec<_> = (0..threads)
+                            .map(|_| {
+                                let (m, key) = (m.clone(), key.clone());
+                                std::thread::spawn(move || {
+                                    let opts = AcquireLockOptionsBuilder::new(&key)
+                                        .with_lease_duration_secs(30)
+                                        .with_wait_duration_secs(120)
+                                        .build();
+                                    for _ in 0..per_thread {
+                                        let lock = m.acquire_lock(&opts).unwrap();
+                                        m.release_lock(&lock.to_release_options()).unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        workers.into_iter().for_each(|w| w.join().unwrap());
+                        // `iters` grants in all, spread over the threads: wall time per grant.
+                        start.elapsed()
+                    })
+                },
+            );
+        }
+        group.finish();
+    }
+}
+
+/// A permit acquire + release for semaphores of growing size: the cost must not grow with it.
+fn semaphore_size(c: &mut Criterion) {
+    for (store, m) in managers() {
+        let mut group = c.benchmark_group(format!("semaphore/{store}"));
+        let sizes: &[i64] = if store == "dynamodb" {
+            &[1, 100]
+        } else {
+            &[1, 100, 1_000, 10_000]
+        };
+        for &size in sizes {
+            let key = format!("bench-sem-{size}-{}", uuid::Uuid::new_v4().simple());
+            m.create_semaphore(
+                &SemaphoreBuilder::new(&key, size)
+                    .with_lease_duration_secs(30)
+                    .build(),
+            )
+            .unwrap();
+            let opts = Arc::new(
+                AcquireLockOptionsBuilder::new(&key)
+                    .with_requires_semaphore(true)
+                    .build(),
+            );
+            group.bench_with_input(
+                BenchmarkId::new("permit_acquire_and_release", size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        m.release_lock(&m.acquire_lock(&opts).unwrap().to_release_options())
+                            .unwrap()
+                    })
+                },
+            );
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = uncontended, contended, semaphore_size
+}
+criterion_main!(benches);

@@ -1,8 +1,5 @@
-//! # db-locks
-//!
-//! Lease-based distributed mutexes and counting semaphores stored in the databases you
-//! already run: SQLite (embedded default), PostgreSQL, MySQL/MariaDB, Redis and DynamoDB.
-//! See the README for the guarantees and their limits.
+// The README is the crate documentation, so its examples run as doc tests.
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -16,6 +13,9 @@ mod metrics;
 mod model;
 mod options;
 pub mod store;
+
+/// The prometheus crate, for a `Registry` of the version the metrics use.
+pub use prometheus;
 
 pub use config::{LocksConfig, Provider};
 pub use error::{redact_url, ErrorKind, LockError, Result};
