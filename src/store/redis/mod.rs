@@ -486,19 +486,31 @@ impl RedisStore {
 
     /// Runs `f` on a pooled connection; a connection that failed with an I/O error is
     /// dropped from the pool rather than reused.
-    fn run<T>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
+    ///
+    /// A script invocation already reloads its script after `NOSCRIPT`; if the script cache is
+    /// flushed again between that load and the retry, `NOSCRIPT` reaches us. The script did
+    /// not run, so running `f` again is safe: up to three tries.
+    fn run<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
         let mut conn = self.pool.get().map_err(|e| {
             LockError::Unavailable(
                 self.redactor
                     .clean(format!("no connection to Redis at {}: {e}", self.url)),
             )
         })?;
-        f(&mut conn.inner).map_err(|e| {
-            if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
-                conn.broken = true;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match f(&mut conn.inner) {
+                Ok(value) => return Ok(value),
+                Err(e) if e.code() == Some("NOSCRIPT") && tries < 3 => continue,
+                Err(e) => {
+                    if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
+                        conn.broken = true;
+                    }
+                    return Err(self.error(e));
+                }
             }
-            self.error(e)
-        })
+        }
     }
 
     fn semaphore_record(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
