@@ -4,8 +4,11 @@
 //! The store-dependent cases run once per store whose cargo feature is on: SQLite (a file in a
 //! temp dir), PostgreSQL (`postgres://postgres@127.0.0.1:5432/test`, or
 //! `DB_LOCKS_TEST_POSTGRES_URL`) and MySQL/MariaDB (`mysql://root@127.0.0.1:3306/test`, or
-//! `DB_LOCKS_TEST_MYSQL_URL`). A covered server that cannot be reached fails the run. Every
-//! test works in a tenant of its own, so tests run in parallel and against shared servers.
+//! `DB_LOCKS_TEST_MYSQL_URL`), Redis (`redis://127.0.0.1:6379`, or `DB_LOCKS_TEST_REDIS_URL`)
+//! and DynamoDB (endpoint `http://127.0.0.1:8000`, or `DB_LOCKS_TEST_DYNAMODB_ENDPOINT`; region
+//! and credentials default to `us-east-1` and `test`/`test` unless set in the environment). A
+//! covered server that cannot be reached fails the run. Every test works in a tenant of its
+//! own, so tests run in parallel and against shared servers.
 #![cfg(feature = "cli")]
 
 use std::path::{Path, PathBuf};
@@ -26,7 +29,30 @@ enum Backend {
     Postgres,
     #[allow(dead_code)]
     Mysql,
+    #[allow(dead_code)]
+    Redis,
+    #[allow(dead_code)]
+    DynamoDb,
 }
+
+impl Backend {
+    /// The PROVIDER word that selects this store.
+    fn provider(self) -> &'static str {
+        match self {
+            Backend::Sqlite | Backend::Postgres | Backend::Mysql => "rdb",
+            Backend::Redis => "redis",
+            Backend::DynamoDb => "ddb",
+        }
+    }
+}
+
+/// What the child needs to reach DynamoDB besides the endpoint: any region and credentials
+/// (moto checks neither), unless the environment already has them.
+const AWS_ENV_DEFAULTS: [(&str, &str); 3] = [
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+];
 
 fn unique(prefix: &str) -> String {
     format!(
@@ -37,6 +63,13 @@ fn unique(prefix: &str) -> String {
 
 /// One test's world: a store, a tenant of its own and a scratch directory.
 struct Ctx {
+    backend: Backend,
+    /// The PROVIDER word: `rdb`, `redis` or `ddb`.
+    provider: &'static str,
+    /// The option that names the store: `--database-url`, `--redis-url` or
+    /// `--dynamodb-endpoint`.
+    store_flag: &'static str,
+    /// Its value: the database URL, the Redis URL or the DynamoDB endpoint.
     url: String,
     tenant: String,
     dir: tempfile::TempDir,
@@ -48,15 +81,32 @@ impl Ctx {
         let dir = tempfile::tempdir().unwrap();
         let env =
             |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-        let url = match backend {
-            Backend::Sqlite => dir.path().join("locks.sqlite").display().to_string(),
-            Backend::Postgres => env(
-                "DB_LOCKS_TEST_POSTGRES_URL",
-                "postgres://postgres@127.0.0.1:5432/test",
+        let (store_flag, url) = match backend {
+            Backend::Sqlite => (
+                "--database-url",
+                dir.path().join("locks.sqlite").display().to_string(),
             ),
-            Backend::Mysql => env(
-                "DB_LOCKS_TEST_MYSQL_URL",
-                "mysql://root@127.0.0.1:3306/test",
+            Backend::Postgres => (
+                "--database-url",
+                env(
+                    "DB_LOCKS_TEST_POSTGRES_URL",
+                    "postgres://postgres@127.0.0.1:5432/test",
+                ),
+            ),
+            Backend::Mysql => (
+                "--database-url",
+                env(
+                    "DB_LOCKS_TEST_MYSQL_URL",
+                    "mysql://root@127.0.0.1:3306/test",
+                ),
+            ),
+            Backend::Redis => (
+                "--redis-url",
+                env("DB_LOCKS_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            ),
+            Backend::DynamoDb => (
+                "--dynamodb-endpoint",
+                env("DB_LOCKS_TEST_DYNAMODB_ENDPOINT", "http://127.0.0.1:8000"),
             ),
         };
         // Short backoff steps keep the contended tests fast.
@@ -67,6 +117,9 @@ impl Ctx {
         )
         .unwrap();
         let ctx = Ctx {
+            backend,
+            provider: backend.provider(),
+            store_flag,
             url,
             tenant: unique("cli"),
             dir,
@@ -86,13 +139,31 @@ impl Ctx {
         self.dir.path().join(name)
     }
 
-    /// `db-locks -c CONFIG --database-url URL -t TENANT`, with a clean environment.
-    fn cmd(&self) -> Command {
+    /// `PROVIDER STORE-FLAG URL`: what selects the store on a command line.
+    fn store_args(&self) -> [&str; 3] {
+        [self.provider, self.store_flag, &self.url]
+    }
+
+    /// `db-locks` with a clean environment (plus, for DynamoDB, region and credentials), with
+    /// nothing on its command line yet.
+    fn base_cmd(&self) -> Command {
         let mut cmd = bare_cmd(self.dir.path());
+        if self.backend == Backend::DynamoDb {
+            for (var, value) in AWS_ENV_DEFAULTS {
+                if !std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+                    cmd.env(var, value);
+                }
+            }
+        }
+        cmd
+    }
+
+    /// `db-locks -c CONFIG PROVIDER STORE-FLAG URL -t TENANT`.
+    fn cmd(&self) -> Command {
+        let mut cmd = self.base_cmd();
         cmd.arg("-c")
             .arg(&self.config)
-            .arg("--database-url")
-            .arg(&self.url)
+            .args(self.store_args())
             .arg("-t")
             .arg(&self.tenant);
         cmd
@@ -536,7 +607,7 @@ fn list_and_migrate(backend: Backend) {
     let ctx = Ctx::new(backend);
     let migrated = ctx.json(&["migrate"]);
     assert_eq!(migrated["migrated"], true);
-    assert_eq!(s(&migrated["provider"]), "rdb");
+    assert_eq!(s(&migrated["provider"]), ctx.provider);
 
     assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
     let key = unique("m");
@@ -587,19 +658,24 @@ fn run_env_and_exit_code(backend: Backend) {
     assert_eq!(after["locked"], false, "released when the child ended");
 
     // Options of db-locks after PROVIDER, the child's own flags after `--`.
-    let out = ctx.run(&[
-        "rdb",
-        "run",
-        "-k",
-        &key,
-        "--",
-        "sh",
-        "-c",
-        "echo \"$@\"",
-        "sh",
-        "--json",
-        "-k",
-    ]);
+    let mut cmd = ctx.base_cmd();
+    cmd.arg(ctx.provider)
+        .arg("-c")
+        .arg(&ctx.config)
+        .args([ctx.store_flag, &ctx.url, "-t", &ctx.tenant])
+        .args([
+            "run",
+            "-k",
+            &key,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$@\"",
+            "sh",
+            "--json",
+            "-k",
+        ]);
+    let out = exec(cmd);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "--json -k\n");
 
@@ -658,10 +734,10 @@ fn run_lease_lost(backend: Backend) {
     // The child gives its own lease away (as if taken over), then waits; the heartbeat finds
     // the lease gone and db-locks sends SIGTERM.
     let script = r#"
-        "$0" -c "$1" --database-url "$2" release -k "$DB_LOCKS_KEY" -v "$DB_LOCKS_VERSION" >/dev/null || exit 99
-        trap 'echo term > "$3"; exit 0' TERM
+        "$0" -c "$1" "$2" "$3" "$4" release -k "$DB_LOCKS_KEY" -v "$DB_LOCKS_VERSION" >/dev/null || exit 99
+        trap 'echo term > "$5"; exit 0' TERM
         sleep 30 >/dev/null 2>&1 &
-        echo $! > "$4"
+        echo $! > "$6"
         wait
     "#;
     let started = Instant::now();
@@ -677,6 +753,8 @@ fn run_lease_lost(backend: Backend) {
         script,
         BIN,
         ctx.config.to_str().unwrap(),
+        ctx.provider,
+        ctx.store_flag,
         &ctx.url,
         marker.to_str().unwrap(),
         grandchild.to_str().unwrap(),
@@ -702,7 +780,7 @@ fn run_kill_after(backend: Backend) {
     let ctx = Ctx::new(backend);
     let key = unique("kill");
     let script = r#"
-        "$0" -c "$1" --database-url "$2" release -k "$DB_LOCKS_KEY" -v "$DB_LOCKS_VERSION" >/dev/null || exit 99
+        "$0" -c "$1" "$2" "$3" "$4" release -k "$DB_LOCKS_KEY" -v "$DB_LOCKS_VERSION" >/dev/null || exit 99
         trap '' TERM
         exec sleep 30
     "#;
@@ -721,6 +799,8 @@ fn run_kill_after(backend: Backend) {
         script,
         BIN,
         ctx.config.to_str().unwrap(),
+        ctx.provider,
+        ctx.store_flag,
         &ctx.url,
     ]);
     expect_code(&out, 3, &["run (lease lost, SIGTERM ignored)"]);
@@ -757,7 +837,19 @@ fn sigkilled_holder_taken_over(backend: Backend) {
     // ...until it expires.
     let started = Instant::now();
     let taken = ctx.json(&["acquire", "-k", &key, "-l", "5", "-w", "10"]);
-    assert!(started.elapsed() < Duration::from_secs(8));
+    let waited = started.elapsed();
+    if backend == Backend::DynamoDb {
+        // By design DynamoDB has no server clock: the waiter takes over only after it has
+        // watched the record (its `rvn`) stay unchanged for a whole lease (3 s) on its own
+        // clock, counted from its first read, however long ago the lease really expired.
+        // So the takeover takes at least a lease, and up to a lease plus polling: -w 10
+        // leaves room for that.
+        assert!(
+            waited >= Duration::from_secs(3),
+            "taken over after {waited:?}, before a whole lease of watching"
+        );
+    }
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
     assert!(taken["fencing_token"].as_i64() > held["fencing_token"].as_i64());
 }
 
@@ -912,6 +1004,16 @@ mod postgres {
 #[cfg(feature = "mysql")]
 mod mysql {
     store_cases!(Backend::Mysql);
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    store_cases!(Backend::Redis);
+}
+
+#[cfg(feature = "dynamodb")]
+mod dynamodb {
+    store_cases!(Backend::DynamoDb);
 }
 
 // ----- store-independent cases (on SQLite) -----------------------------------------------
