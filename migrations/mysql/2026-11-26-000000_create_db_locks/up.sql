@@ -29,3 +29,8 @@ CREATE TABLE IF NOT EXISTS db_locks_semaphores (
     updated_at_ms     BIGINT       NOT NULL,
     PRIMARY KEY (tenant_id, semaphore_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
+
+-- Permit slots by index: a permit acquire walks it to the first free slot (FORCE INDEX), its
+-- retired-slot check is a range scan on it, and its read-back is a lookup on it.
+-- Releases and renewals name the whole primary key, which MariaDB prefers.
+CREATE INDEX db_locks_mutexes_slot_index ON db_locks_mutexes (tenant_id, semaphore_key, slot_index);

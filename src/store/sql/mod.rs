@@ -599,12 +599,13 @@ impl LockStore for SqlStore {
         let read_back = [
             Param::Text(req.tenant_id),
             Param::Text(""),
+            Param::Text(req.key),
             Param::Text(req.version),
         ];
         with_connection!(self, conn => {
             let rows: Vec<MutexRow> = if self.is_mysql() {
                 execute!(conn, &self.sql.acquire_mutex, &params)
-                    .and_then(|_| load!(conn, &self.sql.select_by_version, &read_back))
+                    .and_then(|_| load!(conn, &self.sql.select_by_key_version, &read_back))
             } else {
                 load!(conn, &self.sql.acquire_mutex, &params)
             }
@@ -628,8 +629,9 @@ impl LockStore for SqlStore {
         ];
         let granted = with_connection!(self, conn => {
             let rows: Vec<MutexRow> = if self.is_mysql() {
+                // Same connection: the read-back finds the slot through LAST_INSERT_ID().
                 execute!(conn, &self.sql.acquire_permit, &params)
-                    .and_then(|_| load!(conn, &self.sql.select_by_version, &read_back))
+                    .and_then(|_| load!(conn, &self.sql.select_permit_by_version, &read_back))
             } else {
                 load!(conn, &self.sql.acquire_permit, &params)
             }
@@ -659,12 +661,13 @@ impl LockStore for SqlStore {
         let read_back = [
             Param::Text(req.tenant_id),
             Param::Text(semaphore_key),
+            Param::Text(req.key),
             Param::Text(req.new_version),
         ];
         with_connection!(self, conn => {
             let rows: Vec<MutexRow> = if self.is_mysql() {
                 execute!(conn, &self.sql.renew, &params)
-                    .and_then(|_| load!(conn, &self.sql.select_by_version, &read_back))
+                    .and_then(|_| load!(conn, &self.sql.select_by_key_version, &read_back))
             } else {
                 load!(conn, &self.sql.renew, &params)
             }

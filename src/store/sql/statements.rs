@@ -98,6 +98,7 @@ fn fill_placeholders(dialect: Dialect, template: &str) -> String {
         .replace("{greatest}", greatest)
         .replace("{skip_locked}", skip_locked)
         .replace("{permit_lease}", PERMIT_LEASE)
+        .replace("{max_size}", MAX_SIZE)
 }
 
 /// Columns read into a mutex row, in the order of `MutexRow`.
@@ -108,6 +109,10 @@ const COLS: &str = "tenant_id, semaphore_key, mutex_key, version, fencing_token,
 const PERMIT_LEASE: &str =
     "COALESCE(NULLIF($4, 0), (SELECT sem.lease_duration_ms FROM db_locks_semaphores sem \
     WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2))";
+
+/// The semaphore's size (no row: NULL, so nothing is granted).
+const MAX_SIZE: &str = "(SELECT sem.max_size FROM db_locks_semaphores sem \
+    WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2)";
 
 /// All statements of one dialect.
 #[derive(Debug, Clone)]
@@ -121,9 +126,12 @@ pub(crate) struct Statements {
     /// Params: $1 tenant, $2 semaphore key ('' for a mutex), $3 key, $4 version, $5 new version,
     /// $6 lease ms, $7 data.
     pub(crate) renew: Statement,
-    /// MySQL only (no RETURNING): reads back the row a write above just granted.
+    /// MySQL only (no RETURNING): reads back the mutex or permit a mutex acquire or a renewal
+    /// just wrote. Params: $1 tenant, $2 semaphore key ('' for a mutex), $3 key, $4 version.
+    pub(crate) select_by_key_version: Statement,
+    /// MySQL only: reads back the permit `acquire_permit` just granted, on the same connection.
     /// Params: $1 tenant, $2 semaphore key, $3 version.
-    pub(crate) select_by_version: Statement,
+    pub(crate) select_permit_by_version: Statement,
     /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version, $5 data.
     pub(crate) release: Statement,
     /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version.
@@ -173,7 +181,8 @@ impl Statements {
                 ACQUIRE_PERMIT
             }),
             renew: r(if mysql { RENEW_MYSQL } else { RENEW }),
-            select_by_version: r(SELECT_BY_VERSION),
+            select_by_key_version: r(SELECT_BY_KEY_VERSION),
+            select_permit_by_version: r(SELECT_PERMIT_BY_VERSION),
             release: r(RELEASE),
             release_delete: r(RELEASE_DELETE),
             release_delete_if_flagged: r(RELEASE_DELETE_IF_FLAGGED),
@@ -255,7 +264,8 @@ RETURNING {cols}";
 // <free> reads `locked` and `expires_at_ms`, so those two are assigned last: MySQL assigns
 // left to right, and the conditions above must see the old values. `locked` then keys off the
 // version, which changed exactly when the grant happened. The caller reads the row back by
-// the new version (`select_by_version`): found means granted. Cost: two round trips.
+// its key and the new version (`select_by_key_version`): found means granted. Cost: two
+// round trips, the second a primary-key lookup.
 const ACQUIRE_MUTEX_MYSQL: &str = "\
 INSERT INTO db_locks_mutexes (tenant_id, semaphore_key, mutex_key, slot_index, version, fencing_token, \
     lease_duration_ms, data, delete_on_release, locked, expires_at_ms, created_at_ms, updated_at_ms)
@@ -276,6 +286,17 @@ ON DUPLICATE KEY UPDATE
 // count is bounded by the slots below max_size. PostgreSQL locks the chosen candidate with
 // SKIP LOCKED so concurrent acquirers take different slots; the outer WHERE re-checks that
 // the slot is still free once it is locked.
+// Cost: the subqueries on the semaphore row and on retired slots use only parameters, so
+// they run once per statement; the candidate scan and the retired check are ranges on the
+// slot-index index (the candidate scan stops at the first free slot, the retired check
+// starts past the last live slot index), and the update finds the slot again by primary
+// key, whatever max_size is.
+// Both subqueries name `semaphore_key <> ''` and `slot_index >= 0` (true of every slot), the
+// slot-index index's predicate, to be allowed to use it (see the migration). In the retired
+// check `slot_index >= 0` comes after `slot_index >= max_size`: of two lower bounds SQLite
+// ranges on the first it meets, and on `>= 0` it read every slot. The outer WHERE names
+// neither: finding the slot by index there, next to `slot_index >= 0`, SQLite again ranged
+// over every slot; by primary key it is one lookup everywhere.
 const ACQUIRE_PERMIT: &str = "\
 UPDATE db_locks_mutexes SET
     version = $3,
@@ -290,15 +311,14 @@ WHERE tenant_id = $1 AND semaphore_key = $2
   AND (locked = FALSE OR expires_at_ms <= {now_ms})
   AND mutex_key = (
     SELECT s.mutex_key FROM db_locks_mutexes s
-    JOIN db_locks_semaphores sem ON sem.tenant_id = s.tenant_id AND sem.semaphore_key = s.semaphore_key
-    WHERE s.tenant_id = $1 AND s.semaphore_key = $2
-      AND s.slot_index < sem.max_size
+    WHERE s.tenant_id = $1 AND s.semaphore_key = $2 AND s.semaphore_key <> ''
+      AND s.slot_index >= 0 AND s.slot_index < {max_size}
       AND (s.locked = FALSE OR s.expires_at_ms <= {now_ms})
       AND NOT EXISTS (
         SELECT 1 FROM db_locks_mutexes r
-        WHERE r.tenant_id = $1 AND r.semaphore_key = $2 AND r.slot_index >= sem.max_size
+        WHERE r.tenant_id = $1 AND r.semaphore_key = $2 AND r.semaphore_key <> ''
+          AND r.slot_index >= {max_size} AND r.slot_index >= 0
           AND r.locked = TRUE AND r.expires_at_ms > {now_ms})
-    ORDER BY s.slot_index
     LIMIT 1
     {skip_locked})
 RETURNING {cols}";
@@ -306,27 +326,47 @@ RETURNING {cols}";
 // The same invariant as ACQUIRE_PERMIT. MySQL updates the first qualifying slot with
 // ORDER BY ... LIMIT 1 (InnoDB locks it); the retired-slot count sits in a derived table
 // with an aggregate, which MySQL materialises, because it cannot read the table it updates
-// in a plain subquery. Read back with `select_by_version`. Cost: two round trips.
+// in a plain subquery. LAST_INSERT_ID(slot_index) records the granted slot's index in the
+// session, so that `select_permit_by_version` finds that slot by index. It sits in the
+// assignment of delete_on_release (always FALSE: slot indexes are >= 0) rather than in one of
+// slot_index, so that the UPDATE assigns no column of the index it walks.
+// Cost: two round trips, each an index range or lookup of a few rows, whatever max_size is:
+// - FORCE INDEX walks the slot-index index and stops at the first free slot; left to
+//   itself, MariaDB reads every slot of the semaphore by primary key and sorts them.
+// - ORDER BY names the index's leading columns, though they are fixed by the WHERE: the
+//   parameters come in the connection's collation (utf8mb4_general_ci), not the keys'
+//   (utf8mb4_bin), so MariaDB does not count those columns as constant, and `ORDER BY
+//   slot_index` alone did not match the index order: it read every slot of the semaphore
+//   through the index and sorted them (slower than without FORCE INDEX).
+// - The retired-slot count joins the semaphore row by primary key, which MariaDB reads as a
+//   constant while planning, so `slot_index >= max_size` is a range on the slot-index index
+//   (past the last slot: empty). With max_size from a scalar subquery instead, it read every
+//   slot of the semaphore by primary key.
+// - That read takes shared locks (InnoDB locks what an UPDATE's subqueries read), so FORCE
+//   INDEX holds it to the range, too: had it read the live slots, an acquirer holding a shared
+//   lock on a busy slot and then asking for the exclusive one deadlocked with that slot's
+//   release (1 run in 10 of the conformance suite's semaphore contention case, where
+//   MariaDB read the 3 slots by primary key).
 const ACQUIRE_PERMIT_MYSQL: &str = "\
-UPDATE db_locks_mutexes SET
+UPDATE db_locks_mutexes FORCE INDEX (db_locks_mutexes_slot_index) SET
     version = $3,
     fencing_token = GREATEST(fencing_token + 1, {now_us}),
     lease_duration_ms = {permit_lease},
     expires_at_ms = {now_ms} + {permit_lease},
     data = COALESCE($5, data),
-    delete_on_release = FALSE,
+    delete_on_release = (LAST_INSERT_ID(slot_index) < 0),
     locked = TRUE,
     updated_at_ms = {now_ms}
 WHERE tenant_id = $1 AND semaphore_key = $2
   AND (locked = FALSE OR expires_at_ms <= {now_ms})
-  AND slot_index < (SELECT sem.max_size FROM db_locks_semaphores sem
-                    WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2)
+  AND slot_index < {max_size}
   AND (SELECT live.n FROM (
-        SELECT COUNT(*) AS n FROM db_locks_mutexes r
-        WHERE r.tenant_id = $1 AND r.semaphore_key = $2 AND r.locked = TRUE AND r.expires_at_ms > {now_ms}
-          AND r.slot_index >= (SELECT sem.max_size FROM db_locks_semaphores sem
-                               WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2)) AS live) = 0
-ORDER BY slot_index
+        SELECT COUNT(*) AS n FROM db_locks_semaphores sem
+        JOIN db_locks_mutexes r FORCE INDEX (db_locks_mutexes_slot_index)
+          ON r.tenant_id = sem.tenant_id AND r.semaphore_key = sem.semaphore_key
+        WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2 AND r.slot_index >= sem.max_size
+          AND r.locked = TRUE AND r.expires_at_ms > {now_ms}) AS live) = 0
+ORDER BY tenant_id, semaphore_key, slot_index
 LIMIT 1";
 
 // Invariant: only the current holder renews. Compare-and-set on the version; the new version
@@ -343,7 +383,7 @@ WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3
   AND locked = TRUE AND version IN ($4, $5)
 RETURNING {cols}";
 
-// As RENEW; read back with `select_by_version` on the new version.
+// As RENEW; read back with `select_by_key_version` on the new version.
 const RENEW_MYSQL: &str = "\
 UPDATE db_locks_mutexes SET
     version = $5,
@@ -354,12 +394,27 @@ UPDATE db_locks_mutexes SET
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3
   AND locked = TRUE AND version IN ($4, $5)";
 
-const SELECT_BY_VERSION: &str = "\
+// MySQL's read-back after a conditional write: the row carries the new version only if this
+// write granted it (versions are never reused), so found means granted.
+// Cost: a primary-key lookup. (By version alone it read every mutex of the tenant, or every
+// slot of the semaphore: no index has the version.)
+const SELECT_BY_KEY_VERSION: &str = "\
 SELECT {cols} FROM db_locks_mutexes
-WHERE tenant_id = $1 AND semaphore_key = $2 AND version = $3 AND locked = TRUE";
+WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version = $4 AND locked = TRUE";
+
+// As SELECT_BY_KEY_VERSION, for a permit: the slot is the one ACQUIRE_PERMIT_MYSQL recorded
+// with LAST_INSERT_ID on this connection. If that statement granted nothing, LAST_INSERT_ID()
+// still holds an earlier value, but no slot carries this attempt's new version: not granted.
+// Cost: a lookup on the slot-index index.
+const SELECT_PERMIT_BY_VERSION: &str = "\
+SELECT {cols} FROM db_locks_mutexes
+WHERE tenant_id = $1 AND semaphore_key = $2 AND slot_index = LAST_INSERT_ID() AND version = $3
+  AND locked = TRUE";
 
 // Invariant: only the current holder releases (compare-and-set on the version). The row and
 // its fencing token stay, so the next grant's token is higher.
+// Cost, here and in RENEW: a primary-key lookup. Neither names `slot_index >= 0`, so neither
+// can take the partial slot-index index (see the migration).
 const RELEASE: &str = "\
 UPDATE db_locks_mutexes SET
     locked = FALSE,
