@@ -4,6 +4,8 @@
 //! * `deadline` is when the lease ends by this process's monotonic clock: the instant the
 //!   granting or renewing request was *sent*, plus the lease, minus the safety margin. Past it
 //!   the guard reports the lease lost whatever the store says, even if the store is unreachable.
+//! * A loss is final: once the deadline has passed, a late renewal does not make the lease
+//!   held again.
 //! * One failed request never ends a lease: errors are retried until `deadline`. A retry keeps
 //!   the same new version, and stores accept a renewal whose new version is already in place,
 //!   so a renewal that succeeded but whose reply was lost is not mistaken for a loss.
@@ -67,10 +69,22 @@ impl LeaseState {
         self.inner.lock().deadline
     }
 
-    fn renewed(&self, record: MutexLock, sent_at: Instant) {
+    /// Records a successful renewal. A loss is final: a renewal whose reply arrives after the
+    /// lease ran out locally does not revive it (code that saw `is_held() == false` may already
+    /// have stopped), but its record is kept so that the release on drop uses the new version.
+    /// Returns whether the lease is still held.
+    fn renewed(&self, record: MutexLock, sent_at: Instant) -> bool {
         let mut inner = self.inner.lock();
-        inner.deadline = deadline_for(&record, sent_at, self.margin);
+        let held = inner.lost.is_none() && Instant::now() < inner.deadline;
+        if held {
+            inner.deadline = deadline_for(&record, sent_at, self.margin);
+        } else {
+            inner
+                .lost
+                .get_or_insert_with(|| "the lease ran out before a renewal succeeded".into());
+        }
         inner.record = record;
+        held
     }
 
     fn mark_lost(&self, reason: String) {
@@ -176,7 +190,14 @@ fn run(cfg: HeartbeatConfig, stop: Receiver<()>) {
             Ok(Some(renewed)) => {
                 metrics.count("heartbeat", "ok");
                 pending_version = None;
-                state.renewed(renewed, sent_at);
+                if !state.renewed(renewed, sent_at) {
+                    metrics.count("lease", "lost");
+                    log::warn!(
+                        "db-locks: lease on `{}` lost: renewal came back too late",
+                        record.mutex_key
+                    );
+                    return;
+                }
                 wait = period;
             }
             Ok(None) => {

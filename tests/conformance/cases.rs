@@ -643,6 +643,38 @@ pub fn loss_is_reported_when_renewals_fail(b: Backend) {
     assert!(!guard.is_held());
 }
 
+pub fn late_renewal_does_not_revive_a_lost_lease(b: Backend) {
+    let key = unique("late-renewal");
+    let flaky = FlakyStore::new(b.store());
+    let m = b.manager_over("t-late-renewal", flaky.clone());
+    // Lease 2 s: safety margin 200 ms, renewals every 667 ms. The first renewal is sent at
+    // ~667 ms and takes 1.4 s, so the lease runs out locally at ~1.8 s, and the reply comes
+    // back at ~2.07 s, in time for the deadline it would set (~2.47 s) but after the loss.
+    let guard = m.lock(&opts(&key, 2_000, 0)).unwrap();
+    flaky.renewal_delay_ms.store(1_400, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1_950));
+    assert!(!guard.is_held(), "held past its lease with no renewal back");
+    flaky.renewal_delay_ms.store(0, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(300));
+    assert!(flaky.renewals_seen.load(Ordering::SeqCst) >= 1);
+    assert!(
+        !guard.is_held(),
+        "a late renewal made a lost lease held again"
+    );
+    assert!(matches!(
+        guard.ensure_held(),
+        Err(LockError::LeaseLost { .. })
+    ));
+    let signalled = guard.lost_signal().recv_timeout(Duration::from_secs(5));
+    assert!(
+        !matches!(signalled, Err(crossbeam_channel::RecvTimeoutError::Timeout)),
+        "no loss signal"
+    );
+    // The renewal did succeed in the store: drop releases with the version it wrote.
+    drop(guard);
+    assert!(!m.get_mutex(&key).unwrap().unwrap().locked);
+}
+
 pub fn lost_renewal_reply_does_not_lose_the_lease(b: Backend) {
     let key = unique("lost-reply");
     let flaky = FlakyStore::new(b.store());

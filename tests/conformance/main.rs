@@ -51,6 +51,7 @@ macro_rules! with_all_cases {
                 explicit_release_returns_errors,
                 loss_is_reported_when_renewals_fail,
                 lost_renewal_reply_does_not_lose_the_lease,
+                late_renewal_does_not_revive_a_lost_lease,
                 into_lock_hands_the_lease_on,
                 invalid_input_is_rejected_before_io,
                 list_shows_the_tenants_locks,

@@ -157,6 +157,8 @@ pub struct FlakyStore {
     pub lose_renewal_replies: AtomicUsize,
     /// Releases fail with a retryable error.
     pub fail_releases: AtomicBool,
+    /// Renewals reach the store only after this many milliseconds (a slow network).
+    pub renewal_delay_ms: AtomicUsize,
     pub renewals_seen: AtomicUsize,
 }
 
@@ -167,6 +169,7 @@ impl FlakyStore {
             fail_renewals: AtomicBool::new(false),
             lose_renewal_replies: AtomicUsize::new(0),
             fail_releases: AtomicBool::new(false),
+            renewal_delay_ms: AtomicUsize::new(0),
             renewals_seen: AtomicUsize::new(0),
         })
     }
@@ -189,6 +192,10 @@ impl LockStore for FlakyStore {
         self.renewals_seen.fetch_add(1, Ordering::SeqCst);
         if self.fail_renewals.load(Ordering::SeqCst) {
             return Err(LockError::Unavailable("injected: renewal failed".into()));
+        }
+        let delay = self.renewal_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay as u64));
         }
         let result = self.inner.renew(req);
         let lose = self
