@@ -430,21 +430,21 @@ impl RedisStore {
             connect_timeout: config.connect_timeout(),
             io_timeout: config.io_timeout(),
         };
+        // As the SQL pools: no connections opened on r2d2's background threads (min_idle 0),
+        // where a short-lived program could exit in the middle of one; one checkout here
+        // instead, so an unreachable server fails now, clearly.
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size)
-            // One connection up front, so an unreachable server fails here, clearly.
-            .min_idle(Some(1))
+            .min_idle(Some(0))
             .connection_timeout(config.connect_timeout())
             // No PING per checkout: every operation stays one round trip. A connection that
             // failed mid-request is marked broken and dropped instead.
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
-            .build(manager)
-            .map_err(|e| {
-                LockError::Unavailable(
-                    redactor.clean(format!("cannot connect to Redis at {url}: {e}")),
-                )
-            })?;
+            .build_unchecked(manager);
+        pool.get().map_err(|e| {
+            LockError::Unavailable(redactor.clean(format!("cannot connect to Redis at {url}: {e}")))
+        })?;
         let store = RedisStore {
             pool,
             keys: KeySpace::new(&config.redis_key_prefix),
