@@ -224,7 +224,11 @@ impl LockManager {
             validate_key(s)?;
         }
         validate_data(opts.data.as_deref())?;
-        let lease = validate_lease("lease duration", self.lease_or_default(opts.lease_duration))?;
+        let lease = match opts.lease_duration {
+            Some(lease) => lease,
+            None => self.current_lease(&opts.key, opts.semaphore_key.as_deref())?,
+        };
+        let lease = validate_lease("lease duration", lease)?;
         let new_version = new_version();
         let renewed = self.shared.store.renew(&RenewRequest {
             tenant_id: self.tenant_id(),
@@ -343,54 +347,30 @@ impl LockManager {
     /// the guard is dropped. `Err(NotGranted)` if it stayed busy for the whole wait.
     pub fn lock(&self, opts: &AcquireLockOptions) -> Result<MutexGuard> {
         self.expect_semaphore(opts, false)?;
-        let grant = self.acquire_waiting(opts)?;
-        let (state, heartbeat) = self.start(grant, opts)?;
-        Ok(guard::mutex_guard(self.shared.clone(), state, heartbeat))
+        self.guard(self.acquire_waiting(opts)?, opts, guard::mutex_guard)
     }
 
     /// Tries once: `Ok(None)` when the mutex is busy.
     pub fn try_lock(&self, opts: &AcquireLockOptions) -> Result<Option<MutexGuard>> {
         self.expect_semaphore(opts, false)?;
-        match self.acquire_once(opts)? {
-            None => Ok(None),
-            Some(grant) => {
-                let (state, heartbeat) = self.start(grant, opts)?;
-                Ok(Some(guard::mutex_guard(
-                    self.shared.clone(),
-                    state,
-                    heartbeat,
-                )))
-            }
-        }
+        self.acquire_once(opts)?
+            .map(|grant| self.guard(grant, opts, guard::mutex_guard))
+            .transpose()
     }
 
     /// Acquires one permit of the semaphore `opts.key` (which must exist), waiting as the
     /// options say, and keeps it renewed until the permit is dropped.
     pub fn acquire_permit(&self, opts: &AcquireLockOptions) -> Result<SemaphorePermit> {
         self.expect_semaphore(opts, true)?;
-        let grant = self.acquire_waiting(opts)?;
-        let (state, heartbeat) = self.start(grant, opts)?;
-        Ok(guard::semaphore_permit(
-            self.shared.clone(),
-            state,
-            heartbeat,
-        ))
+        self.guard(self.acquire_waiting(opts)?, opts, guard::semaphore_permit)
     }
 
     /// Tries once: `Ok(None)` when every permit is busy.
     pub fn try_acquire_permit(&self, opts: &AcquireLockOptions) -> Result<Option<SemaphorePermit>> {
         self.expect_semaphore(opts, true)?;
-        match self.acquire_once(opts)? {
-            None => Ok(None),
-            Some(grant) => {
-                let (state, heartbeat) = self.start(grant, opts)?;
-                Ok(Some(guard::semaphore_permit(
-                    self.shared.clone(),
-                    state,
-                    heartbeat,
-                )))
-            }
-        }
+        self.acquire_once(opts)?
+            .map(|grant| self.guard(grant, opts, guard::semaphore_permit))
+            .transpose()
     }
 
     // ----- internals --------------------------------------------------------------------
@@ -405,6 +385,28 @@ impl LockManager {
         } else {
             "lock takes a mutex; use acquire_permit for a semaphore"
         }))
+    }
+
+    /// The lease a renewal keeps when it names none: the mutex's current lease, or for a
+    /// permit its semaphore's lease (one read); the config's default if there is none.
+    fn current_lease(&self, key: &str, semaphore_key: Option<&str>) -> Result<Duration> {
+        let tenant = self.tenant_id();
+        let stored = match semaphore_key {
+            None => self
+                .shared
+                .store
+                .get_mutex(tenant, key)?
+                .map(|l| l.lease_duration_ms),
+            Some(sem) => self
+                .shared
+                .store
+                .get_semaphore(tenant, sem)?
+                .map(|s| s.lease_duration_ms),
+        };
+        Ok(match stored.filter(|ms| *ms > 0) {
+            Some(ms) => Duration::from_millis(ms as u64),
+            None => self.lease_or_default(None),
+        })
     }
 
     fn lease_or_default(&self, lease: Option<Duration>) -> Duration {
@@ -559,6 +561,17 @@ impl LockManager {
                 .heartbeat_period(opts, self.lease_or_default(None))
                 .map(|_| ()),
         }
+    }
+
+    /// Starts the heartbeat of a grant and wraps it in a guard of the caller's kind.
+    fn guard<G>(
+        &self,
+        grant: Grant,
+        opts: &AcquireLockOptions,
+        wrap: fn(Arc<Shared>, Arc<LeaseState>, Heartbeat) -> G,
+    ) -> Result<G> {
+        let (state, heartbeat) = self.start(grant, opts)?;
+        Ok(wrap(self.shared.clone(), state, heartbeat))
     }
 
     /// Starts the heartbeat of a grant; releases the grant if that fails.

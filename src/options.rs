@@ -127,7 +127,8 @@ pub struct SendHeartbeatOptions {
     pub key: String,
     /// The version the holder got from its last grant or renewal.
     pub version: String,
-    /// New lease length; `None` uses the config's default lease.
+    /// New lease length; `None` keeps the current one (the mutex's lease, or for a permit its
+    /// semaphore's lease), at the cost of one read.
     pub lease_duration: Option<Duration>,
     /// The semaphore of a permit slot.
     pub semaphore_key: Option<String>,

@@ -127,6 +127,12 @@ pub fn stale_versions_are_rejected(b: Backend) {
     let err = m.send_heartbeat(&first.to_heartbeat_options()).unwrap_err();
     assert!(matches!(err, LockError::NotHeld { .. }), "{err:?}");
     assert!(!m.release_lock(&first.to_release_options()).unwrap());
+    // Without a lease, a renewal keeps the current one (not the config's default).
+    let kept = m
+        .send_heartbeat(&SendHeartbeatOptionsBuilder::new(&key, &renewed.version).build())
+        .unwrap();
+    assert_eq!(kept.lease_duration_ms, 10_000);
+    let renewed = kept;
     // A made-up version neither.
     let bogus = SendHeartbeatOptionsBuilder::new(&key, uuid::Uuid::new_v4().to_string()).build();
     assert!(matches!(
@@ -535,14 +541,16 @@ pub fn tenants_are_isolated(b: Backend) {
 pub fn guard_heartbeat_keeps_a_short_lease_alive(b: Backend) {
     let key = unique("heartbeat");
     let m = b.manager("t-heartbeat");
-    let guard = m.lock(&opts(&key, 600, 0)).unwrap();
+    // 1.5 s: short enough that the test outlives two leases, long enough that a renewal
+    // queued behind a loaded test server (moto serves one request at a time) still lands.
+    let guard = m.lock(&opts(&key, 1_500, 0)).unwrap();
     let token = guard.fencing_token();
     let other = b.manager("t-heartbeat");
-    let until = Instant::now() + Duration::from_millis(2_000);
+    let until = Instant::now() + Duration::from_millis(3_500);
     while Instant::now() < until {
         assert!(guard.is_held());
         assert!(
-            other.try_lock(&opts(&key, 600, 0)).unwrap().is_none(),
+            other.try_lock(&opts(&key, 1_500, 0)).unwrap().is_none(),
             "taken while renewed"
         );
         thread::sleep(Duration::from_millis(100));
@@ -550,7 +558,7 @@ pub fn guard_heartbeat_keeps_a_short_lease_alive(b: Backend) {
     guard.ensure_held().unwrap();
     assert_eq!(guard.fencing_token(), token, "renewals keep the token");
     drop(guard);
-    assert!(other.try_lock(&opts(&key, 600, 0)).unwrap().is_some());
+    assert!(other.try_lock(&opts(&key, 1_500, 0)).unwrap().is_some());
 }
 
 pub fn permit_heartbeat_keeps_a_short_lease_alive(b: Backend) {
@@ -558,17 +566,17 @@ pub fn permit_heartbeat_keeps_a_short_lease_alive(b: Backend) {
     let m = b.manager("t-permit-heartbeat");
     m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
         .unwrap();
-    let permit = m.acquire_permit(&permit_opts(&key, 600, 0)).unwrap();
+    let permit = m.acquire_permit(&permit_opts(&key, 1_500, 0)).unwrap();
     assert_eq!(permit.semaphore_key(), key);
-    thread::sleep(Duration::from_millis(1_500));
+    thread::sleep(Duration::from_millis(3_500));
     assert!(permit.is_held());
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 600, 0))
+        .try_acquire_permit(&permit_opts(&key, 1_500, 0))
         .unwrap()
         .is_none());
     drop(permit);
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 600, 0))
+        .try_acquire_permit(&permit_opts(&key, 1_500, 0))
         .unwrap()
         .is_some());
 }
@@ -679,9 +687,9 @@ pub fn lost_renewal_reply_does_not_lose_the_lease(b: Backend) {
     let key = unique("lost-reply");
     let flaky = FlakyStore::new(b.store());
     let m = b.manager_over("t-lost-reply", flaky.clone());
-    let guard = m.lock(&opts(&key, 900, 0)).unwrap();
+    let guard = m.lock(&opts(&key, 1_500, 0)).unwrap();
     flaky.lose_renewal_replies.store(2, Ordering::SeqCst);
-    thread::sleep(Duration::from_millis(2_000));
+    thread::sleep(Duration::from_millis(3_000));
     assert_eq!(
         flaky.lose_renewal_replies.load(Ordering::SeqCst),
         0,
