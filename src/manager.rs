@@ -387,22 +387,20 @@ impl LockManager {
         }))
     }
 
-    /// The lease a renewal keeps when it names none: the mutex's current lease, or for a
-    /// permit its semaphore's lease (one read); the config's default if there is none.
+    /// The lease a renewal keeps when it names none: the lock's current lease (one read; for
+    /// a permit, a read of its semaphore's slots); the config's default if there is none (the
+    /// renewal then reports that it is not held).
     fn current_lease(&self, key: &str, semaphore_key: Option<&str>) -> Result<Duration> {
         let tenant = self.tenant_id();
+        let store = &self.shared.store;
         let stored = match semaphore_key {
-            None => self
-                .shared
-                .store
-                .get_mutex(tenant, key)?
-                .map(|l| l.lease_duration_ms),
-            Some(sem) => self
-                .shared
-                .store
-                .get_semaphore(tenant, sem)?
-                .map(|s| s.lease_duration_ms),
-        };
+            None => store.get_mutex(tenant, key)?,
+            Some(sem) => store
+                .semaphore_mutexes(tenant, sem)?
+                .into_iter()
+                .find(|l| l.mutex_key == key),
+        }
+        .map(|lock| lock.lease_duration_ms);
         Ok(match stored.filter(|ms| *ms > 0) {
             Some(ms) => Duration::from_millis(ms as u64),
             None => self.lease_or_default(None),

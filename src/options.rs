@@ -127,8 +127,7 @@ pub struct SendHeartbeatOptions {
     pub key: String,
     /// The version the holder got from its last grant or renewal.
     pub version: String,
-    /// New lease length; `None` keeps the current one (the mutex's lease, or for a permit its
-    /// semaphore's lease), at the cost of one read.
+    /// New lease length; `None` keeps the lock's current lease, at the cost of one read.
     pub lease_duration: Option<Duration>,
     /// The semaphore of a permit slot.
     pub semaphore_key: Option<String>,

@@ -474,6 +474,16 @@ pub fn semaphore_mutexes_list_slots(b: Backend) {
     assert_eq!(held[0].data.as_deref(), Some("worker-1"));
     // Slots are not plain mutexes.
     assert!(m.get_mutex(&record.mutex_key).unwrap().is_none());
+    // A permit renewed without a lease keeps its own lease, not the semaphore's.
+    let other = m.acquire_lock(&permit_opts(&key, 4_000, 0)).unwrap();
+    let renewed = m
+        .send_heartbeat(
+            &SendHeartbeatOptionsBuilder::new(&other.mutex_key, &other.version)
+                .with_semaphore_key(&key)
+                .build(),
+        )
+        .unwrap();
+    assert_eq!(renewed.lease_duration_ms, 4_000);
 }
 
 pub fn delete_semaphore_respects_live_permits(b: Backend) {

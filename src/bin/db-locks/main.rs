@@ -316,12 +316,11 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
             printed
         }
         Command::Heartbeat(a) => {
-            let lease = match a.lease {
-                Some(lease) => lease,
-                None => current_lease(&manager, &a.key, a.semaphore_key.as_deref())?,
-            };
-            let mut opts =
-                SendHeartbeatOptionsBuilder::new(&a.key, &a.version).with_lease_duration(lease);
+            // Without -l the library keeps the lock's current lease.
+            let mut opts = SendHeartbeatOptionsBuilder::new(&a.key, &a.version);
+            if let Some(lease) = a.lease {
+                opts = opts.with_lease_duration(lease);
+            }
             if let Some(sem) = &a.semaphore_key {
                 opts = opts.with_semaphore_key(sem);
             }
@@ -566,26 +565,4 @@ fn awaited(manager: &LockManager, opts: &AcquireLockOptions) -> String {
         _ => String::new(),
     };
     format!("mutex `{}` (tenant `{tenant}`{holder})", opts.key)
-}
-
-/// The lease a heartbeat renews to when `-l` is not given: the lock's current lease.
-fn current_lease(
-    manager: &LockManager,
-    key: &str,
-    semaphore_key: Option<&str>,
-) -> Result<Duration, Exit> {
-    let lock = match semaphore_key {
-        None => manager.get_mutex(key)?,
-        Some(sem) => manager
-            .get_semaphore_mutexes(sem)?
-            .into_iter()
-            .find(|l| l.mutex_key == key),
-    };
-    Ok(match lock {
-        Some(lock) if lock.lease_duration_ms > 0 => {
-            Duration::from_millis(lock.lease_duration_ms as u64)
-        }
-        // Not there: the renewal below reports that it is not held.
-        _ => Duration::from_millis(manager.config().default_lease_ms),
-    })
 }
