@@ -492,7 +492,18 @@ impl LockManager {
     /// over, sleeping with capped exponential backoff and full jitter in between. Errors the
     /// store calls retryable are retried within the wait, too.
     fn acquire_waiting(&self, opts: &AcquireLockOptions) -> Result<Grant> {
-        let (lease_ms, wait) = self.check_acquire(opts)?;
+        let (lease_ms, mut wait) = self.check_acquire(opts)?;
+        if opts.requires_semaphore && opts.lease_duration.is_none() && opts.wait.is_none() {
+            // A permit's lease is its semaphore's, and so is its default wait (one read).
+            let semaphore = self
+                .shared
+                .store
+                .get_semaphore(self.tenant_id(), &opts.key)?
+                .ok_or_else(|| {
+                    LockError::NotFound(format!("semaphore `{}` does not exist", opts.key))
+                })?;
+            wait = Duration::from_millis(semaphore.lease_duration_ms.max(0) as u64);
+        }
         let started = Instant::now();
         let deadline = started + wait;
         let mut backoff = Backoff::new(

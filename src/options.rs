@@ -9,7 +9,8 @@ pub struct AcquireLockOptions {
     pub key: String,
     /// Lease length; `None` uses the semaphore's lease for permits, else the config's default.
     pub lease_duration: Option<Duration>,
-    /// How long to wait for a busy lock; `None` waits up to the lease duration, zero tries once.
+    /// How long to wait for a busy lock; `None` waits up to the lease duration (for a permit
+    /// without a lease, its semaphore's lease), zero tries once.
     pub wait: Option<Duration>,
     /// Acquire one permit of the semaphore `key` instead of the mutex `key`.
     pub requires_semaphore: bool,

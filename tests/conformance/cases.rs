@@ -437,6 +437,34 @@ pub fn semaphore_must_exist(b: Backend) {
     assert!(!m.delete_semaphore(&key).unwrap());
 }
 
+pub fn permit_default_wait_is_the_semaphores_lease(b: Backend) {
+    let key = unique("sem-default-wait");
+    let m = b.manager("t-sem-default-wait");
+    m.create_semaphore(
+        &SemaphoreBuilder::new(&key, 1)
+            .with_lease_duration_millis(800)
+            .build(),
+    )
+    .unwrap();
+    let no_lease_no_wait = AcquireLockOptionsBuilder::new(&key)
+        .with_requires_semaphore(true)
+        .build();
+    let held = m.acquire_permit(&no_lease_no_wait).unwrap();
+    assert_eq!(held.lock_record().lease_duration_ms, 800);
+    let started = Instant::now();
+    let err = m.acquire_permit(&no_lease_no_wait).unwrap_err();
+    assert!(matches!(err, LockError::NotGranted { .. }), "{err:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800),
+        "gave up after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(10_000),
+        "waited the config's 15 s default: {waited:?}"
+    );
+}
+
 pub fn semaphore_mutexes_list_slots(b: Backend) {
     let key = unique("sem-slots");
     let m = b.manager("t-sem-slots");

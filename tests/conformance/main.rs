@@ -42,6 +42,7 @@ macro_rules! with_all_cases {
                 semaphore_resize_up_and_down,
                 semaphore_must_exist,
                 semaphore_mutexes_list_slots,
+                permit_default_wait_is_the_semaphores_lease,
                 delete_semaphore_respects_live_permits,
                 permit_slots_have_increasing_fencing_tokens,
                 tenants_are_isolated,
