@@ -300,6 +300,48 @@ impl DynamoDbStore {
 
     // ----- requests ---------------------------------------------------------------------
 
+    /// Writes a grant (`update` under `condition`) to the mutex table and reads the outcome:
+    /// the granted record, or `None` when the item is held, which the watcher then notes for
+    /// a later takeover. A rejection that shows our own version is our own grant, whose first
+    /// reply was lost and which the SDK retried.
+    fn write_grant(
+        &self,
+        key: &Key,
+        update: &str,
+        condition: &str,
+        params: &Params,
+        version: &str,
+    ) -> Result<Option<MutexLock>> {
+        match self.update(
+            &self.mutex_table,
+            key,
+            update,
+            Some(condition),
+            params,
+            ReturnValue::AllNew,
+        )? {
+            Written::Done(Some(item)) => {
+                self.watcher.own_write(key, &item);
+                Ok(Some(to_mutex(&item)?))
+            }
+            Written::Done(None) => Err(LockError::Store(
+                "DynamoDB UpdateItem returned no attributes".into(),
+            )),
+            Written::Rejected(Some(item))
+                if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(version) =>
+            {
+                self.watcher.own_write(key, &item);
+                Ok(Some(to_mutex(&item)?))
+            }
+            Written::Rejected(item) => {
+                if let Some(item) = item {
+                    self.watcher.observe(key, &item);
+                }
+                Ok(None)
+            }
+        }
+    }
+
     /// One `UpdateItem`: `update` if `condition` holds. A rejected write returns the item as it
     /// is (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), at no extra cost.
     fn update(
@@ -824,35 +866,7 @@ impl DynamoDbStore {
             condition.push_str(takeover);
         }
         condition.push(')');
-        match self.update(
-            &self.mutex_table,
-            &key,
-            &update,
-            Some(&condition),
-            &params,
-            ReturnValue::AllNew,
-        )? {
-            Written::Done(Some(item)) => {
-                self.watcher.own_write(&key, &item);
-                Ok(Some(to_mutex(&item)?))
-            }
-            Written::Done(None) => Err(LockError::Store(
-                "DynamoDB UpdateItem returned no attributes".into(),
-            )),
-            // Our own grant, whose first reply was lost and retried by the SDK.
-            Written::Rejected(Some(item))
-                if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(req.version) =>
-            {
-                self.watcher.own_write(&key, &item);
-                Ok(Some(to_mutex(&item)?))
-            }
-            Written::Rejected(item) => {
-                if let Some(item) = item {
-                    self.watcher.observe(&key, &item);
-                }
-                Ok(None)
-            }
-        }
+        self.write_grant(&key, &update, &condition, &params, req.version)
     }
 
     /// Grants a slot below `info.max_size`: a couple of random probes, then a read of all slots
@@ -941,35 +955,7 @@ impl LockStore for DynamoDbStore {
             condition.push_str(" OR ");
             condition.push_str(takeover);
         }
-        match self.update(
-            &self.mutex_table,
-            &key,
-            &update,
-            Some(&condition),
-            &params,
-            ReturnValue::AllNew,
-        )? {
-            Written::Done(Some(item)) => {
-                self.watcher.own_write(&key, &item);
-                Ok(Some(to_mutex(&item)?))
-            }
-            Written::Done(None) => Err(LockError::Store(
-                "DynamoDB UpdateItem returned no attributes".into(),
-            )),
-            // Our own grant, whose first reply was lost and retried by the SDK.
-            Written::Rejected(Some(item))
-                if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(req.version) =>
-            {
-                self.watcher.own_write(&key, &item);
-                Ok(Some(to_mutex(&item)?))
-            }
-            Written::Rejected(item) => {
-                if let Some(item) = item {
-                    self.watcher.observe(&key, &item);
-                }
-                Ok(None)
-            }
-        }
+        self.write_grant(&key, &update, &condition, &params, req.version)
     }
 
     fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
