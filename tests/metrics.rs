@@ -1,0 +1,69 @@
+//! The manager's prometheus metrics count what happened (on SQLite; the counting is the
+//! same code for every store).
+#![cfg(feature = "sqlite")]
+
+use db_locks::prometheus::Registry;
+use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig};
+
+fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+#[test]
+fn operations_and_guards_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocksConfig::new("metrics")
+        .with_database_url(dir.path().join("m.sqlite").display().to_string());
+    let registry = Registry::new();
+    let manager = LockManager::with_registry(&config, &registry).unwrap();
+    let opts = AcquireLockOptionsBuilder::new("metered")
+        .with_lease_duration_secs(10)
+        .with_wait_duration_secs(0)
+        .build();
+
+    let guard = manager.lock(&opts).unwrap();
+    assert_eq!(counter(&registry, "db_locks_guards_held", &[]), 1.0);
+    assert!(manager.try_lock(&opts).unwrap().is_none());
+    guard.release().unwrap();
+    assert_eq!(counter(&registry, "db_locks_guards_held", &[]), 0.0);
+
+    let granted = [
+        ("store", "sqlite"),
+        ("op", "acquire_mutex"),
+        ("outcome", "granted"),
+    ];
+    let busy = [
+        ("store", "sqlite"),
+        ("op", "acquire_mutex"),
+        ("outcome", "busy"),
+    ];
+    let released = [("store", "sqlite"), ("op", "release"), ("outcome", "ok")];
+    assert_eq!(
+        counter(&registry, "db_locks_operations_total", &granted),
+        1.0
+    );
+    assert_eq!(counter(&registry, "db_locks_operations_total", &busy), 1.0);
+    assert_eq!(
+        counter(&registry, "db_locks_operations_total", &released),
+        1.0
+    );
+    let waits = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "db_locks_acquire_wait_seconds")
+        .expect("wait histogram registered");
+    assert_eq!(waits.get_metric()[0].get_histogram().get_sample_count(), 1);
+}
