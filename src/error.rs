@@ -94,35 +94,69 @@ impl LockError {
     }
 }
 
-/// Hides the password of a connection URL in anything printed. Every store keeps one and
-/// passes every client error message through it.
+/// Hides the passwords of connection URLs in text. Every store keeps one for its URL and
+/// passes every client error message through it; the command-line tool adds every URL it was
+/// given (arguments, environment, config file) to one and cleans everything it prints.
+///
+/// ```
+/// use db_locks::Redactor;
+/// let mut redactor = Redactor::default();
+/// redactor.add_urls_in("DATABASE_URL=postgres://app:s3cr%40t@db/locks other words");
+/// assert_eq!(redactor.clean("login for s3cr@t failed"), "login for *** failed");
+/// ```
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Redactor {
-    /// The password as written in the URL and percent-decoded; client messages may show either.
+pub struct Redactor {
+    /// Passwords as written in URLs and percent-decoded; messages may show either.
     secrets: Vec<String>,
 }
 
 impl Redactor {
-    /// Remembers the password of `url`, if it has one.
-    pub(crate) fn for_url(url: &str) -> Self {
-        let mut secrets = Vec::new();
-        if let Some(raw) = url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.password().map(str::to_owned))
-        {
-            let decoded = url::form_urlencoded::parse(format!("p={raw}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned());
-            secrets.extend(decoded.filter(|d| !d.is_empty() && *d != raw));
-            if !raw.is_empty() {
-                secrets.push(raw);
-            }
-        }
-        Redactor { secrets }
+    /// A redactor that knows the password of `url`, if it has one.
+    pub fn for_url(url: &str) -> Self {
+        let mut redactor = Redactor::default();
+        redactor.add_url(url);
+        redactor
     }
 
-    /// `msg` with every occurrence of the password replaced by `***`.
-    pub(crate) fn clean(&self, msg: impl std::fmt::Display) -> String {
+    /// Remembers the password of `url`, if it is a URL with one.
+    pub fn add_url(&mut self, url: &str) {
+        let Some(raw) = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+        else {
+            return;
+        };
+        let decoded = url::form_urlencoded::parse(format!("p={raw}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned());
+        self.secrets
+            .extend(decoded.filter(|d| !d.is_empty() && *d != raw));
+        if !raw.is_empty() {
+            self.secrets.push(raw);
+        }
+    }
+
+    /// Remembers the password of every URL in `text` (`scheme://...` between spaces, quotes or
+    /// brackets), whatever else the text holds.
+    pub fn add_urls_in(&mut self, text: &str) {
+        let separators = |c: char| c.is_whitespace() || "\"'`,;()[]{}<>".contains(c);
+        for token in text.split(separators) {
+            let Some(sep) = token.find("://") else {
+                continue;
+            };
+            // The scheme: the ASCII letters, digits, `+`, `-` and `.` just before `://`.
+            let scheme_len: usize = token[..sep]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || "+-.".contains(*c))
+                .map(char::len_utf8)
+                .sum();
+            self.add_url(&token[sep - scheme_len..]);
+        }
+    }
+
+    /// `msg` with every occurrence of a known password replaced by `***`.
+    pub fn clean(&self, msg: impl std::fmt::Display) -> String {
         let mut msg = msg.to_string();
         for secret in &self.secrets {
             msg = msg.replace(secret.as_str(), "***");
@@ -159,6 +193,34 @@ mod tests {
             "auth failed for *** and ***"
         );
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    proptest::proptest! {
+        /// Any text at all: no panic, and a password embedded in it is hidden.
+        #[test]
+        fn redaction_takes_any_text(
+            before in "\\PC*",
+            after in "\\PC*",
+            password in "[a-zA-Z0-9]{6,12}",
+        ) {
+            let mut r = Redactor::default();
+            r.add_urls_in(&before);
+            let _ = r.clean(&before);
+            let url = format!("postgres://u:{password}@h/db");
+            let text = format!("{before} {url} {after}");
+            let mut r = Redactor::default();
+            r.add_urls_in(&text);
+            let cleaned = r.clean(format!("x{password}x"));
+            proptest::prop_assert!(!cleaned.contains(&password), "{}", cleaned);
+            let _ = redact_url(&text);
+        }
+    }
+
+    #[test]
+    fn urls_after_multibyte_characters() {
+        let mut r = Redactor::default();
+        r.add_urls_in("詳細https://example.com café://x 詳細mysql://u:pw1234@h/db");
+        assert_eq!(r.clean("pw1234"), "***");
     }
 
     #[test]

@@ -1,19 +1,26 @@
 //! [`MutexGuard`] and [`SemaphorePermit`]: RAII leases over one private [`Lease`].
 //!
-//! A guard owns its lease: a heartbeat thread renews it, and `Drop` stops the thread and
-//! releases it. `release()` does the same and returns the error for callers who want it;
+//! A guard owns its lease: a heartbeat thread renews it, and `Drop` asks that thread to
+//! release it. `release()` does the same and returns the error for callers who want it;
 //! `into_lock()` stops the heartbeat and hands the lease on without releasing it.
+//!
+//! Invariant: a guard never waits on the store for longer than the I/O timeout plus
+//! [`FINISH_SLACK`]: every store request runs on the heartbeat thread, and the guard waits for
+//! its outcome only that long (the lease then ends at its expiry instead).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use crate::error::{LockError, Result};
-use crate::heartbeat::{Heartbeat, LeaseState};
+use crate::heartbeat::{Finish, Heartbeat, LeaseState};
 use crate::manager::Shared;
 use crate::model::MutexLock;
-use crate::store::ReleaseRequest;
+
+/// How much longer than the I/O timeout a guard waits for its release or hand-over: the time
+/// to hand the request to the heartbeat thread and to hear back.
+const FINISH_SLACK: Duration = Duration::from_millis(250);
 
 /// The lease behind both guard types. `heartbeat` is `Some` until the lease is finished, so
 /// `release()`, `into_lock()` and `Drop` share one path and run it once.
@@ -33,57 +40,30 @@ impl Lease {
         match self.state.lost_reason() {
             None => Ok(()),
             Some(reason) => Err(LockError::LeaseLost {
-                key: self.state.record().mutex_key,
+                key: self.state.key(),
                 reason,
             }),
         }
     }
 
-    /// Stops the heartbeat; then releases the lease if `release` is set. Runs once.
-    fn finish(&mut self, release: bool) -> Result<()> {
-        let Some(mut heartbeat) = self.heartbeat.take() else {
-            return Ok(());
+    /// Releases the lease, or hands it over. Runs once; later calls return `NotHeld`.
+    fn finish(&mut self, finish: Finish) -> Result<MutexLock> {
+        let Some(heartbeat) = self.heartbeat.take() else {
+            let record = self.state.record();
+            return Err(LockError::NotHeld {
+                key: record.mutex_key,
+                version: record.version,
+            });
         };
-        heartbeat.stop();
         self.shared.metrics.guard_ended();
-        if !release {
-            return Ok(());
-        }
-        // Released even after a local loss: if nobody took it over, this frees it now
-        // instead of at expiry; if somebody did, the version no longer matches and nothing changes.
-        let record = self.state.record();
-        let released = self.shared.store.release(&ReleaseRequest {
-            tenant_id: &record.tenant_id,
-            semaphore_key: record.semaphore_key.as_deref(),
-            key: &record.mutex_key,
-            version: &record.version,
-            data: None,
-            delete: Some(record.delete_on_release && record.semaphore_key.is_none()),
-        });
-        match released {
-            Ok(true) => {
-                self.shared.metrics.count("release", "ok");
-                Ok(())
-            }
-            Ok(false) => {
-                self.shared.metrics.count("release", "not_held");
-                Err(LockError::NotHeld {
-                    key: record.mutex_key,
-                    version: record.version,
-                })
-            }
-            Err(e) => {
-                self.shared.metrics.count("release", "error");
-                Err(e)
-            }
-        }
+        heartbeat.finish(finish, self.shared.config.io_timeout() + FINISH_SLACK)
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.heartbeat.is_some() {
-            if let Err(e) = self.finish(true) {
+            if let Err(e) = self.finish(Finish::Release) {
                 // Drop never panics; the lease expires on its own if the release failed.
                 log::warn!("db-locks: release on drop failed: {e}");
             }
@@ -126,26 +106,28 @@ macro_rules! guard_methods {
             self.lease.state.deadline()
         }
 
-        /// A channel that becomes ready (disconnected) when the heartbeat stops because the
-        /// lease was lost. Use it in `crossbeam_channel::select!` to stop work promptly.
+        /// A channel that becomes ready (disconnected) when the lease is lost, by the local
+        /// deadline at the latest, whatever a renewal in flight is doing; also when the guard
+        /// is finished. Use it in `crossbeam_channel::select!` to stop work promptly.
         pub fn lost_signal(&self) -> Receiver<()> {
-            match &self.lease.heartbeat {
-                Some(h) => h.ended().clone(),
-                None => crossbeam_channel::never(),
-            }
+            self.lease.state.lost_signal()
         }
 
-        /// Releases the lease now, returning the error that `Drop` would only log.
+        /// Releases the lease now, returning the error that `Drop` would only log. Waits for
+        /// the store at most the I/O timeout (plus a moment); if a renewal was in doubt, the
+        /// release names both versions, so it frees the lease whichever one the store has.
         pub fn release(mut self) -> Result<()> {
-            self.lease.finish(true)
+            self.lease.finish(Finish::Release).map(|_| ())
         }
 
         /// Stops renewing and returns the record without releasing it: the lease stays held
         /// until it expires, or until whoever receives the record renews or releases it with
-        /// its version (the CLI's `acquire` hands leases to shell scripts this way).
-        pub fn into_lock(mut self) -> MutexLock {
-            let _ = self.lease.finish(false);
-            self.lease.state.record()
+        /// its version (the CLI's `acquire` hands leases to shell scripts this way). A renewal
+        /// whose outcome is in doubt is settled first, so the record's version is the one the
+        /// store has. `Err(LeaseLost)` if the lease is lost (or cannot be confirmed before its
+        /// deadline).
+        pub fn into_lock(mut self) -> Result<MutexLock> {
+            self.lease.finish(Finish::HandOver)
         }
     };
 }
@@ -177,19 +159,20 @@ impl SemaphorePermit {
     }
 }
 
-/// Starts the heartbeat of a fresh grant and wraps it.
+/// Starts the heartbeat of a fresh grant, sent at `sent_at`, renewing every `period`.
 pub(crate) fn start_lease(
     shared: &Arc<Shared>,
     record: MutexLock,
     sent_at: Instant,
-    period: std::time::Duration,
+    margin: Duration,
+    period: Duration,
 ) -> Result<(Arc<LeaseState>, Heartbeat)> {
-    let margin = shared.safety_margin(record.lease_duration_ms);
-    let state = Arc::new(LeaseState::new(record, sent_at, margin));
+    let state = LeaseState::new(record, sent_at, margin);
     let heartbeat = Heartbeat::spawn(crate::heartbeat::HeartbeatConfig {
         store: shared.store.clone(),
         state: state.clone(),
         metrics: shared.metrics.clone(),
+        granted_at: sent_at,
         period,
         retry: shared.retry_base().max(period / 10),
     });

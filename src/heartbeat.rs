@@ -3,14 +3,18 @@
 //! Invariants:
 //! * `deadline` is when the lease ends by this process's monotonic clock: the instant the
 //!   granting or renewing request was *sent*, plus the lease, minus the safety margin. Past it
-//!   the guard reports the lease lost whatever the store says, even if the store is unreachable.
+//!   the guard reports the lease lost whatever the store says, even if the store is unreachable
+//!   or a request hangs: the deadline watcher (`deadlines`) fires the loss signal on time.
 //! * A loss is final: once the deadline has passed, a late renewal does not make the lease
-//!   held again.
+//!   held again (the store refuses it too: a lease that ran out is never renewed).
 //! * One failed request never ends a lease: errors are retried until `deadline`. A retry keeps
-//!   the same new version, and stores accept a renewal whose new version is already in place,
-//!   so a renewal that succeeded but whose reply was lost is not mistaken for a loss.
+//!   the same new version (`in_doubt`), and stores accept a renewal whose new version is
+//!   already in place, so a renewal that succeeded but whose reply was lost is not mistaken for
+//!   a loss. While a renewal is in doubt, a release names both versions, so it frees the lease
+//!   whichever one the store has.
 //! * The thread holds no reference to the guard, only to the shared state, so it never keeps
-//!   the guard alive; dropping the stop sender ends it.
+//!   the guard alive. It does every store request of the lease, the final release included, so
+//!   the guard never blocks on the store for longer than it chooses to wait for the reply.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,16 +23,21 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use crate::error::{LockError, Result};
 use crate::metrics::Metrics;
 use crate::model::MutexLock;
-use crate::store::{LockStore, RenewRequest};
+use crate::store::{LockStore, ReleaseRequest, RenewRequest};
 
-/// What the guard and its heartbeat thread share.
+const EXPIRED: &str = "the lease ran out before a renewal succeeded";
+
+/// What the guard, its heartbeat thread and the deadline watcher share.
 #[derive(Debug)]
 pub(crate) struct LeaseState {
     inner: Mutex<LeaseInner>,
     /// Subtracted from every lease when computing `deadline`.
     margin: Duration,
+    /// Disconnected when the lease is lost or finished.
+    lost_rx: Receiver<()>,
 }
 
 #[derive(Debug)]
@@ -36,19 +45,31 @@ struct LeaseInner {
     record: MutexLock,
     deadline: Instant,
     lost: Option<String>,
+    /// The new version of a renewal that was sent and whose outcome is not known yet (in
+    /// flight, or its reply lost): the store may hold the lease under it.
+    in_doubt: Option<String>,
+    /// Dropped (which disconnects `lost_rx`) when the lease is lost or finished.
+    lost_tx: Option<Sender<()>>,
 }
 
 impl LeaseState {
-    pub(crate) fn new(record: MutexLock, sent_at: Instant, margin: Duration) -> Self {
+    /// The state of a fresh grant whose request was sent at `sent_at`.
+    pub(crate) fn new(record: MutexLock, sent_at: Instant, margin: Duration) -> Arc<Self> {
         let deadline = deadline_for(&record, sent_at, margin);
-        LeaseState {
+        let (lost_tx, lost_rx) = crossbeam_channel::bounded(0);
+        let state = Arc::new(LeaseState {
             inner: Mutex::new(LeaseInner {
                 record,
                 deadline,
                 lost: None,
+                in_doubt: None,
+                lost_tx: Some(lost_tx),
             }),
             margin,
-        }
+            lost_rx,
+        });
+        crate::deadlines::watch(deadline, &state);
+        state
     }
 
     pub(crate) fn record(&self) -> MutexLock {
@@ -61,35 +82,85 @@ impl LeaseState {
         if let Some(reason) = &inner.lost {
             return Some(reason.clone());
         }
-        (Instant::now() >= inner.deadline)
-            .then(|| "the lease ran out before a renewal succeeded".to_owned())
+        (Instant::now() >= inner.deadline).then(|| EXPIRED.to_owned())
+    }
+
+    pub(crate) fn key(&self) -> String {
+        self.inner.lock().record.mutex_key.clone()
     }
 
     pub(crate) fn deadline(&self) -> Instant {
         self.inner.lock().deadline
     }
 
+    /// Becomes ready (disconnected) when the lease is lost or the guard is finished.
+    pub(crate) fn lost_signal(&self) -> Receiver<()> {
+        self.lost_rx.clone()
+    }
+
+    /// Marks the lease lost if its deadline has passed (the deadline watcher calls this).
+    pub(crate) fn expire_if_due(&self) {
+        let mut inner = self.inner.lock();
+        if inner.lost.is_none() && Instant::now() >= inner.deadline {
+            inner.lost = Some(EXPIRED.to_owned());
+            inner.lost_tx = None;
+        }
+    }
+
+    /// Starts a renewal: the record to renew and the new version to write (the one already in
+    /// doubt, if any, so that a retry is idempotent). `None` once the lease is lost.
+    fn begin_renewal(&self) -> Option<(MutexLock, String)> {
+        let mut inner = self.inner.lock();
+        if inner.lost.is_some() || Instant::now() >= inner.deadline {
+            return None;
+        }
+        let new_version = inner
+            .in_doubt
+            .get_or_insert_with(crate::manager::new_version)
+            .clone();
+        Some((inner.record.clone(), new_version))
+    }
+
     /// Records a successful renewal. A loss is final: a renewal whose reply arrives after the
     /// lease ran out locally does not revive it (code that saw `is_held() == false` may already
-    /// have stopped), but its record is kept so that the release on drop uses the new version.
-    /// Returns whether the lease is still held.
-    fn renewed(&self, record: MutexLock, sent_at: Instant) -> bool {
+    /// have stopped), but its record is kept so that the release uses the new version.
+    fn renewed(self: &Arc<Self>, record: MutexLock, sent_at: Instant) {
         let mut inner = self.inner.lock();
+        inner.in_doubt = None;
         let held = inner.lost.is_none() && Instant::now() < inner.deadline;
         if held {
             inner.deadline = deadline_for(&record, sent_at, self.margin);
+            crate::deadlines::watch(inner.deadline, self);
         } else {
-            inner
-                .lost
-                .get_or_insert_with(|| "the lease ran out before a renewal succeeded".into());
+            inner.lost.get_or_insert_with(|| EXPIRED.into());
+            inner.lost_tx = None;
         }
         inner.record = record;
-        held
+    }
+
+    /// The store refused the renewal: it holds the lease under neither version.
+    fn rejected(&self, reason: &str) {
+        let mut inner = self.inner.lock();
+        inner.in_doubt = None;
+        inner.lost.get_or_insert_with(|| reason.to_owned());
+        inner.lost_tx = None;
     }
 
     fn mark_lost(&self, reason: String) {
         let mut inner = self.inner.lock();
         inner.lost.get_or_insert(reason);
+        inner.lost_tx = None;
+    }
+
+    /// Ends the lease locally: the loss signal fires for anyone still listening.
+    fn finish(&self) {
+        self.inner.lock().lost_tx = None;
+    }
+
+    /// The record with the version a release must name, and the in-doubt one.
+    fn versions(&self) -> (MutexLock, Option<String>) {
+        let inner = self.inner.lock();
+        (inner.record.clone(), inner.in_doubt.clone())
     }
 }
 
@@ -98,19 +169,38 @@ fn deadline_for(record: &MutexLock, sent_at: Instant, margin: Duration) -> Insta
     sent_at + lease.saturating_sub(margin)
 }
 
-/// Stops the thread (dropping the sender) and waits for it.
+/// How a guard ends its lease.
+pub(crate) enum Finish {
+    /// Release the lease in the store.
+    Release,
+    /// Stop renewing and hand the lease on: the reply is the record with a settled version.
+    HandOver,
+}
+
+struct Command {
+    finish: Finish,
+    reply: Sender<Result<MutexLock>>,
+}
+
+/// The guard's handle on its heartbeat thread.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
-    stop: Option<Sender<()>>,
+    commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
-    /// Disconnected when the thread ends: the lease was lost, or the guard stopped it.
-    ended: Receiver<()>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
 }
 
 pub(crate) struct HeartbeatConfig {
     pub(crate) store: Arc<dyn LockStore>,
     pub(crate) state: Arc<LeaseState>,
     pub(crate) metrics: Metrics,
+    /// When the granting request was sent: the first renewal is due `period` after it.
+    pub(crate) granted_at: Instant,
     pub(crate) period: Duration,
     /// First retry delay after a failed renewal.
     pub(crate) retry: Duration,
@@ -118,125 +208,216 @@ pub(crate) struct HeartbeatConfig {
 
 impl Heartbeat {
     pub(crate) fn spawn(cfg: HeartbeatConfig) -> std::io::Result<Heartbeat> {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-        let (ended_tx, ended_rx) = crossbeam_channel::bounded::<()>(0);
+        let (commands, inbox) = crossbeam_channel::bounded::<Command>(1);
         let key = cfg.state.record().mutex_key;
         let thread = std::thread::Builder::new()
             .name(format!("db-locks-heartbeat:{key}"))
-            .spawn(move || {
-                run(cfg, stop_rx);
-                drop(ended_tx);
-            })?;
+            .spawn(move || run(cfg, inbox))?;
         Ok(Heartbeat {
-            stop: Some(stop_tx),
+            commands,
             thread: Some(thread),
-            ended: ended_rx,
         })
     }
 
-    pub(crate) fn ended(&self) -> &Receiver<()> {
-        &self.ended
-    }
-
-    /// Stops the thread and waits until it has ended (at most one in-flight request, which
-    /// the store's I/O timeout bounds).
-    pub(crate) fn stop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("db-locks heartbeat thread panicked");
+    /// Asks the thread to finish the lease and waits for the outcome at most `wait`. The thread
+    /// may be inside a request (for up to the store's I/O timeout); if it does not answer in
+    /// time, the guard goes on without it: the thread still finishes the lease when its request
+    /// returns, and a lease that is never released ends at its expiry.
+    pub(crate) fn finish(mut self, finish: Finish, wait: Duration) -> Result<MutexLock> {
+        let (reply, outcome) = crossbeam_channel::bounded(1);
+        if self.commands.send(Command { finish, reply }).is_err() {
+            return Err(LockError::Store("the heartbeat thread has stopped".into()));
+        }
+        match outcome.recv_timeout(wait) {
+            Ok(result) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+                result
             }
+            Err(_) => Err(LockError::Unavailable(format!(
+                "the store did not answer within {} ms; the lease ends on its own when it expires",
+                wait.as_millis()
+            ))),
         }
     }
 }
 
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn run(cfg: HeartbeatConfig, stop: Receiver<()>) {
+fn run(cfg: HeartbeatConfig, inbox: Receiver<Command>) {
     let HeartbeatConfig {
         store,
         state,
         metrics,
+        granted_at,
         period,
         retry,
     } = cfg;
-    let mut wait = period;
-    // The version a renewal in doubt tried to write; retries reuse it.
-    let mut pending_version: Option<String> = None;
+    let mut next = granted_at + period;
+    let mut failures = 0u32;
+    let mut loss_noted = false;
     loop {
-        match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        // A loss is noted once, whoever saw it first (this thread or the deadline watcher).
+        // After it there is nothing to renew: the thread waits for the guard to finish.
+        if !loss_noted {
+            if let Some(reason) = state.lost_reason() {
+                metrics.count("lease", "lost");
+                log::warn!("db-locks: lease on `{}` lost: {reason}", state.key());
+                loss_noted = true;
+            }
         }
-        let record = state.record();
-        let new_version = pending_version
-            .get_or_insert_with(crate::manager::new_version)
-            .clone();
+        let command = if loss_noted {
+            inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            inbox.recv_deadline(next)
+        };
+        match command {
+            Ok(Command { finish, reply }) => {
+                let outcome = match finish {
+                    Finish::Release => release(&*store, &state, &metrics),
+                    Finish::HandOver => hand_over(&*store, &state, &metrics),
+                };
+                state.finish();
+                let _ = reply.send(outcome);
+                return;
+            }
+            // The guard is gone without finishing (it cannot be: Drop finishes): stop.
+            Err(RecvTimeoutError::Disconnected) => {
+                state.finish();
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let Some((record, new_version)) = state.begin_renewal() else {
+            continue;
+        };
         let sent_at = Instant::now();
-        let outcome = store.renew(&RenewRequest {
-            tenant_id: &record.tenant_id,
-            semaphore_key: record.semaphore_key.as_deref(),
-            key: &record.mutex_key,
-            version: &record.version,
-            new_version: &new_version,
-            lease_ms: record.lease_duration_ms,
-            data: None,
-        });
-        match outcome {
+        match renew_once(&*store, &record, &new_version) {
             Ok(Some(renewed)) => {
                 metrics.count("heartbeat", "ok");
-                pending_version = None;
-                if !state.renewed(renewed, sent_at) {
-                    metrics.count("lease", "lost");
-                    log::warn!(
-                        "db-locks: lease on `{}` lost: renewal came back too late",
-                        record.mutex_key
-                    );
-                    return;
-                }
-                wait = period;
+                failures = 0;
+                // Too late (the lease ran out meanwhile) counts as a loss, noted above.
+                state.renewed(renewed, sent_at);
+                next = sent_at + period;
             }
             Ok(None) => {
                 metrics.count("heartbeat", "not_held");
-                metrics.count("lease", "lost");
-                state.mark_lost(
-                    "the store no longer has the lease under our version (released, deleted or taken over)"
-                        .into(),
+                state.rejected(
+                    "the store no longer has the lease under our version (released, deleted, \
+                     taken over or expired)",
                 );
-                log::warn!(
-                    "db-locks: lease on `{}` lost: version rejected",
-                    record.mutex_key
-                );
-                return;
             }
             Err(e) => {
                 metrics.count("heartbeat", "error");
-                let deadline = state.deadline();
                 let now = Instant::now();
+                let deadline = state.deadline();
                 if now >= deadline {
-                    metrics.count("lease", "lost");
-                    log::warn!("db-locks: lease on `{}` lost: {e}", record.mutex_key);
                     state.mark_lost(format!("renewals failed until the lease ran out: {e}"));
-                    return;
+                    continue;
                 }
                 log::debug!(
                     "db-locks: renewal of `{}` failed, retrying: {e}",
                     record.mutex_key
                 );
-                // Retry soon, but leave room for a few more tries before the deadline.
-                wait = retry
-                    .min((deadline - now) / 2)
-                    .max(Duration::from_millis(1));
+                // Retry soon, doubling the pause, but leave room for more tries before the
+                // deadline.
+                failures = failures.saturating_add(1);
+                let pause = retry.saturating_mul(1 << failures.min(6).saturating_sub(1));
+                next = now
+                    + pause
+                        .min((deadline - now) / 2)
+                        .max(Duration::from_millis(1));
             }
         }
-        if let Some(reason) = state.lost_reason() {
-            metrics.count("lease", "lost");
-            state.mark_lost(reason);
-            return;
+    }
+}
+
+fn renew_once(
+    store: &dyn LockStore,
+    record: &MutexLock,
+    new_version: &str,
+) -> Result<Option<MutexLock>> {
+    store.renew(&RenewRequest {
+        tenant_id: &record.tenant_id,
+        semaphore_key: record.semaphore_key.as_deref(),
+        key: &record.mutex_key,
+        version: &record.version,
+        new_version,
+        lease_ms: record.lease_duration_ms,
+        data: None,
+    })
+}
+
+/// Releases the lease, naming the in-doubt version too. Released even after a local loss: if
+/// nobody took it over, this frees it now instead of at expiry; if somebody did, neither
+/// version matches and nothing changes.
+fn release(store: &dyn LockStore, state: &Arc<LeaseState>, metrics: &Metrics) -> Result<MutexLock> {
+    let (record, in_doubt) = state.versions();
+    let released = store.release(&ReleaseRequest {
+        tenant_id: &record.tenant_id,
+        semaphore_key: record.semaphore_key.as_deref(),
+        key: &record.mutex_key,
+        version: &record.version,
+        in_doubt_version: in_doubt.as_deref(),
+        data: None,
+        delete: Some(record.delete_on_release && record.semaphore_key.is_none()),
+    });
+    match released {
+        Ok(true) => {
+            metrics.count("release", "ok");
+            Ok(record)
+        }
+        Ok(false) => {
+            metrics.count("release", "not_held");
+            Err(LockError::NotHeld {
+                key: record.mutex_key,
+                version: record.version,
+            })
+        }
+        Err(e) => {
+            metrics.count("release", "error");
+            Err(e)
+        }
+    }
+}
+
+/// Stops renewing and returns the record under a settled version: a renewal in doubt is sent
+/// again (same new version) until the store says yes or no, or the lease runs out.
+fn hand_over(
+    store: &dyn LockStore,
+    state: &Arc<LeaseState>,
+    metrics: &Metrics,
+) -> Result<MutexLock> {
+    let lost = |state: &LeaseState| LockError::LeaseLost {
+        key: state.key(),
+        reason: state.lost_reason().unwrap_or_else(|| EXPIRED.into()),
+    };
+    loop {
+        let (record, in_doubt) = state.versions();
+        if state.lost_reason().is_some() {
+            return Err(lost(state));
+        }
+        let Some(new_version) = in_doubt else {
+            return Ok(record);
+        };
+        let sent_at = Instant::now();
+        match renew_once(store, &record, &new_version) {
+            Ok(Some(renewed)) => {
+                metrics.count("heartbeat", "ok");
+                state.renewed(renewed, sent_at);
+            }
+            Ok(None) => {
+                metrics.count("heartbeat", "not_held");
+                state.rejected("the store no longer has the lease under our version");
+            }
+            Err(e) => {
+                metrics.count("heartbeat", "error");
+                let now = Instant::now();
+                if now >= state.deadline() {
+                    state.mark_lost(format!("renewals failed until the lease ran out: {e}"));
+                } else {
+                    std::thread::sleep(Duration::from_millis(20).min(state.deadline() - now));
+                }
+            }
         }
     }
 }

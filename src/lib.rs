@@ -5,6 +5,7 @@
 
 mod backoff;
 mod config;
+mod deadlines;
 mod error;
 mod guard;
 mod heartbeat;
@@ -18,11 +19,11 @@ pub mod store;
 pub use prometheus;
 
 pub use config::{LocksConfig, Provider};
-pub use error::{redact_url, ErrorKind, LockError, Result};
+pub use error::{redact_url, ErrorKind, LockError, Redactor, Result};
 pub use guard::{MutexGuard, SemaphorePermit};
 pub use manager::{
     validate_key, LockManager, MAX_DATA_LEN, MAX_KEY_LEN, MAX_LEASE, MAX_SEMAPHORE_SIZE,
-    MAX_TENANT_LEN,
+    MAX_TENANT_LEN, MAX_VERSION_LEN,
 };
 pub use model::{MutexLock, Semaphore, SemaphoreBuilder};
 pub use options::{

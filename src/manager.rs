@@ -61,12 +61,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A guard reports its lease lost this long before it ends by the local clock.
-    pub(crate) fn safety_margin(&self, lease_ms: i64) -> Duration {
+    pub(crate) fn safety_margin(&self, lease: Duration) -> Duration {
         match self.config.lease_safety_margin_ms {
             Some(ms) => Duration::from_millis(ms),
-            None => {
-                (Duration::from_millis(lease_ms.max(0) as u64) / 10).min(Duration::from_secs(1))
-            }
+            None => (lease / 10).min(Duration::from_secs(1)),
         }
     }
 
@@ -133,8 +131,23 @@ fn validate_data(data: Option<&str>) -> Result<()> {
     }
 }
 
+/// Longest version, in bytes (a UUID takes 36).
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// Versions are tokens: 1 to [`MAX_VERSION_LEN`] printable ASCII characters, no spaces.
 fn validate_version(version: &str) -> Result<()> {
-    validate_name("version", version, 64)
+    if version.is_empty() || version.len() > MAX_VERSION_LEN {
+        return Err(LockError::validation(format!(
+            "a version is 1 to {MAX_VERSION_LEN} characters long, not {}",
+            version.len()
+        )));
+    }
+    if !version.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(LockError::validation(
+            "a version may contain only printable ASCII characters, without spaces",
+        ));
+    }
+    Ok(())
 }
 
 /// A grant, with the instant its request was sent (the start of the lease on our clock).
@@ -216,7 +229,9 @@ impl LockManager {
     }
 
     /// Renews a lease, returning the record with its new version.
-    /// `Err(NotHeld)` if the version is stale (released, deleted, or taken over).
+    /// `Err(NotHeld)` if the version is stale (released, deleted, or taken over) or the lease
+    /// has run out by the store's clock. With [`SendHeartbeatOptions::new_version`] the call
+    /// is idempotent: after a timeout, send the same options again.
     pub fn send_heartbeat(&self, opts: &SendHeartbeatOptions) -> Result<MutexLock> {
         validate_key(&opts.key)?;
         validate_version(&opts.version)?;
@@ -229,7 +244,13 @@ impl LockManager {
             None => self.current_lease(&opts.key, opts.semaphore_key.as_deref())?,
         };
         let lease = validate_lease("lease duration", lease)?;
-        let new_version = new_version();
+        let new_version = match &opts.new_version {
+            Some(v) => {
+                validate_version(v)?;
+                v.clone()
+            }
+            None => new_version(),
+        };
         let renewed = self.shared.store.renew(&RenewRequest {
             tenant_id: self.tenant_id(),
             semaphore_key: opts.semaphore_key.as_deref(),
@@ -259,6 +280,7 @@ impl LockManager {
             semaphore_key: opts.semaphore_key.as_deref(),
             key: &opts.key,
             version: &opts.version,
+            in_doubt_version: None,
             data: opts.data.as_deref(),
             delete: opts.delete_lock,
         });
@@ -450,16 +472,23 @@ impl LockManager {
         Ok((lease_ms, wait))
     }
 
-    /// One grant attempt. `Ok(None)` when busy.
-    fn attempt(&self, opts: &AcquireLockOptions, lease_ms: i64) -> Result<Option<Grant>> {
-        let version = new_version();
+    /// One grant attempt with `version`. `Ok(None)` when busy. `retry`: an earlier attempt
+    /// with the same version may have been applied.
+    fn attempt(
+        &self,
+        opts: &AcquireLockOptions,
+        lease_ms: i64,
+        version: &str,
+        retry: bool,
+    ) -> Result<Option<Grant>> {
         let req = AcquireRequest {
             tenant_id: self.tenant_id(),
             key: &opts.key,
-            version: &version,
+            version,
             lease_ms,
             data: opts.data.as_deref(),
             delete_on_release: opts.delete_on_release,
+            retry,
         };
         let sent_at = Instant::now();
         let outcome = if opts.requires_semaphore {
@@ -485,33 +514,52 @@ impl LockManager {
 
     fn acquire_once(&self, opts: &AcquireLockOptions) -> Result<Option<Grant>> {
         let (lease_ms, _) = self.check_acquire(opts)?;
-        self.attempt(opts, lease_ms)
+        self.acquire_until(opts, lease_ms, Some(Duration::ZERO))
+    }
+
+    fn acquire_waiting(&self, opts: &AcquireLockOptions) -> Result<Grant> {
+        let started = Instant::now();
+        let (lease_ms, wait) = self.check_acquire(opts)?;
+        // A permit without a lease or a wait waits as long as its semaphore's lease, which is
+        // known only from the store: `None` reads it if the first attempt finds all busy.
+        let wait =
+            (!opts.requires_semaphore || opts.lease_duration.is_some() || opts.wait.is_some())
+                .then_some(wait);
+        self.acquire_until(opts, lease_ms, wait)?
+            .ok_or_else(|| LockError::NotGranted {
+                key: opts.key.clone(),
+                waited_ms: started.elapsed().as_millis() as u64,
+            })
     }
 
     /// The wait loop, written once for every store: attempts until granted or the wait is
-    /// over, sleeping with capped exponential backoff and full jitter in between. Errors the
-    /// store calls retryable are retried within the wait, too.
-    fn acquire_waiting(&self, opts: &AcquireLockOptions) -> Result<Grant> {
-        let (lease_ms, mut wait) = self.check_acquire(opts)?;
-        if opts.requires_semaphore && opts.lease_duration.is_none() && opts.wait.is_none() {
-            // A permit's lease is its semaphore's, and so is its default wait (one read).
-            let semaphore = self
-                .shared
-                .store
-                .get_semaphore(self.tenant_id(), &opts.key)?
-                .ok_or_else(|| {
-                    LockError::NotFound(format!("semaphore `{}` does not exist", opts.key))
-                })?;
-            wait = Duration::from_millis(semaphore.lease_duration_ms.max(0) as u64);
-        }
+    /// over (`Ok(None)`), sleeping with capped exponential backoff and full jitter in between.
+    /// `wait` `None`: the semaphore's lease (a permit's default).
+    ///
+    /// Invariants:
+    /// * Every attempt of one call writes the same version. Once an attempt has failed in a
+    ///   way that may have been applied (a retryable error: the reply may be what was lost),
+    ///   later attempts ask the store to find a grant under that version, so a grant whose
+    ///   reply was lost is returned, not orphaned.
+    /// * Retryable errors are retried within the wait, and at least once more after an error
+    ///   even when the wait is over (or zero), to settle a grant that may have been made.
+    fn acquire_until(
+        &self,
+        opts: &AcquireLockOptions,
+        lease_ms: i64,
+        wait: Option<Duration>,
+    ) -> Result<Option<Grant>> {
         let started = Instant::now();
-        let deadline = started + wait;
+        let mut deadline = wait.map(|w| started + w);
         let mut backoff = Backoff::new(
             Duration::from_millis(self.shared.config.retry_base_ms),
             Duration::from_millis(self.shared.config.retry_max_ms),
         );
+        let version = new_version();
+        let mut in_doubt = false;
+        let mut settling_try_used = false;
         loop {
-            match self.attempt(opts, lease_ms) {
+            let failed = match self.attempt(opts, lease_ms, &version, in_doubt) {
                 Ok(Some(grant)) => {
                     let kind = if opts.requires_semaphore {
                         "permit"
@@ -521,27 +569,67 @@ impl LockManager {
                     self.shared
                         .metrics
                         .observe_wait(kind, started.elapsed().as_secs_f64());
-                    return Ok(grant);
+                    return Ok(Some(grant));
                 }
-                Ok(None) => {}
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                // Busy; if an earlier attempt was in doubt, this one looked for it: settled.
+                Ok(None) => None,
+                Err(e) if e.is_retryable() => {
                     log::debug!("db-locks: acquire of `{}` failed, retrying: {e}", opts.key);
+                    in_doubt = true;
+                    Some(e)
                 }
                 Err(e) => return Err(e),
-            }
+            };
+            let deadline = match deadline {
+                Some(d) => d,
+                None => *deadline.insert(started + self.semaphore_lease(&opts.key)?),
+            };
             let now = Instant::now();
-            if now >= deadline {
-                return Err(LockError::NotGranted {
-                    key: opts.key.clone(),
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
+            let pause = backoff.next_delay();
+            if now < deadline {
+                std::thread::sleep(pause.min(deadline - now));
+                continue;
             }
-            std::thread::sleep(backoff.next_delay().min(deadline - now));
+            match failed {
+                None => return Ok(None),
+                Some(e) if settling_try_used => return Err(e),
+                // One more try after the wait, to settle a grant that may have been made.
+                Some(_) => {
+                    settling_try_used = true;
+                    std::thread::sleep(pause.min(self.shared.retry_base()));
+                }
+            }
         }
     }
 
-    /// The heartbeat period for a lease: the options', the config's, or a third of the lease.
-    fn heartbeat_period(&self, opts: &AcquireLockOptions, lease: Duration) -> Result<Duration> {
+    /// The default lease of semaphore `key` (one read). `Err(NotFound)` if it does not exist.
+    fn semaphore_lease(&self, key: &str) -> Result<Duration> {
+        let semaphore = self
+            .shared
+            .store
+            .get_semaphore(self.tenant_id(), key)?
+            .ok_or_else(|| LockError::NotFound(format!("semaphore `{key}` does not exist")))?;
+        Ok(Duration::from_millis(
+            semaphore.lease_duration_ms.max(0) as u64
+        ))
+    }
+
+    /// The renewal schedule of a guard on `lease`: its safety margin and heartbeat period (the
+    /// options', the config's, or a third of what is left of the lease after the margin).
+    /// Refused when it cannot work: a margin not shorter than the lease, or a period longer
+    /// than half of `lease - margin`, which would leave a failed renewal no time for a retry
+    /// before the local deadline (the lease would then be lost on a healthy store, or at the
+    /// first hiccup).
+    fn schedule(&self, opts: &AcquireLockOptions, lease: Duration) -> Result<(Duration, Duration)> {
+        let margin = self.shared.safety_margin(lease);
+        if margin >= lease {
+            return Err(LockError::validation(format!(
+                "the lease safety margin ({} ms) must be shorter than the lease ({} ms)",
+                margin.as_millis(),
+                lease.as_millis()
+            )));
+        }
+        let window = lease - margin;
         let period = opts
             .heartbeat_period
             .or(self
@@ -549,26 +637,29 @@ impl LockManager {
                 .config
                 .heartbeat_period_ms
                 .map(Duration::from_millis))
-            .unwrap_or(lease / 3);
-        if period.is_zero() || period >= lease {
+            .unwrap_or((window / 3).max(Duration::from_millis(1)));
+        if period.is_zero() || period > window / 2 {
             return Err(LockError::validation(format!(
-                "heartbeat period ({} ms) must be shorter than the lease ({} ms)",
+                "a heartbeat period of {} ms does not fit a lease of {} ms: less the safety \
+                 margin of {} ms, a renewal must land within {} ms, and the period may be at \
+                 most half of that ({} ms), so that a failed renewal can be retried in time",
                 period.as_millis(),
-                lease.as_millis()
+                lease.as_millis(),
+                margin.as_millis(),
+                window.as_millis(),
+                (window / 2).as_millis()
             )));
         }
-        Ok(period)
+        Ok((margin, period))
     }
 
     /// Checks the guard-only options before any I/O (a permit's lease may be the
     /// semaphore's, known only after the grant; `start` checks it again then).
     fn check_guard(&self, opts: &AcquireLockOptions) -> Result<()> {
         match opts.lease_duration {
-            Some(lease) => self.heartbeat_period(opts, lease).map(|_| ()),
+            Some(lease) => self.schedule(opts, lease).map(|_| ()),
             None if opts.requires_semaphore => Ok(()),
-            None => self
-                .heartbeat_period(opts, self.lease_or_default(None))
-                .map(|_| ()),
+            None => self.schedule(opts, self.lease_or_default(None)).map(|_| ()),
         }
     }
 
@@ -591,8 +682,8 @@ impl LockManager {
     ) -> Result<(Arc<LeaseState>, Heartbeat)> {
         let lease = Duration::from_millis(grant.record.lease_duration_ms.max(1) as u64);
         let record = grant.record.clone();
-        let started = self.heartbeat_period(opts, lease).and_then(|period| {
-            guard::start_lease(&self.shared, grant.record, grant.sent_at, period)
+        let started = self.schedule(opts, lease).and_then(|(margin, period)| {
+            guard::start_lease(&self.shared, grant.record, grant.sent_at, margin, period)
         });
         if started.is_err() {
             let _ = self.shared.store.release(&ReleaseRequest {
@@ -600,6 +691,7 @@ impl LockManager {
                 semaphore_key: record.semaphore_key.as_deref(),
                 key: &record.mutex_key,
                 version: &record.version,
+                in_doubt_version: None,
                 data: None,
                 delete: Some(false),
             });

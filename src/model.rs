@@ -42,6 +42,7 @@ impl MutexLock {
             )),
             semaphore_key: self.semaphore_key.clone(),
             data: None,
+            new_version: None,
         }
     }
 

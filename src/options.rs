@@ -134,6 +134,10 @@ pub struct SendHeartbeatOptions {
     pub semaphore_key: Option<String>,
     /// Replaces the stored data when set.
     pub data: Option<String>,
+    /// The version the renewal writes; `None`: a fresh random one. Naming it makes the renewal
+    /// idempotent: if a renewal times out, send it again with the same `new_version` (and the
+    /// same `version`): the store accepts it whether or not the first one was applied.
+    pub new_version: Option<String>,
 }
 
 /// Builds [`SendHeartbeatOptions`].
@@ -152,8 +156,16 @@ impl SendHeartbeatOptionsBuilder {
                 lease_duration: None,
                 semaphore_key: None,
                 data: None,
+                new_version: None,
             },
         }
+    }
+
+    /// The version the renewal writes (see [`SendHeartbeatOptions::new_version`]): a retry
+    /// with the same one is safe after a timeout.
+    pub fn with_new_version(mut self, new_version: impl Into<String>) -> Self {
+        self.opts.new_version = Some(new_version.into());
+        self
     }
 
     /// New lease length.

@@ -8,7 +8,13 @@
 //!   for the store's I/O timeout ([`crate::LocksConfig::io_timeout_ms`]).
 //! * Expiry is decided by the store's clock where it has one.
 //! * `version` is compare-and-set: only a caller presenting the current version can renew
-//!   or release.
+//!   or release. A lease that has run out by the store's clock is never renewed: it is lost,
+//!   even if nobody has taken it over yet (so an expired permit cannot come back to life
+//!   after its slot was counted free).
+//! * Retries are idempotent. An acquire that finds the record already held with its own
+//!   version (an earlier attempt was applied but its reply was lost) re-grants it in place;
+//!   a renewal accepts its own new version; a release accepts the new version of a renewal
+//!   whose outcome is in doubt.
 //! * `fencing_token` strictly increases with every grant of the same mutex or slot, also
 //!   across deletion of the record, and is unchanged by renewals.
 //! * `tenant_id` is part of every key; nothing crosses tenants.
@@ -43,6 +49,10 @@ pub struct AcquireRequest<'a> {
     pub data: Option<&'a str>,
     /// Stored with the record (plain mutexes only).
     pub delete_on_release: bool,
+    /// An earlier attempt with this same version may have been applied (its reply was lost).
+    /// Mutex stores always look for their own version; permit stores look for a slot held
+    /// with `version` only when this is set, since finding it may cost a scan of the slots.
+    pub retry: bool,
 }
 
 /// One renewal attempt, for [`LockStore::renew`].
@@ -76,6 +86,9 @@ pub struct ReleaseRequest<'a> {
     pub key: &'a str,
     /// The current version.
     pub version: &'a str,
+    /// The new version of a renewal whose outcome is unknown (its reply was lost): the record
+    /// may carry this one instead, and the release matches either.
+    pub in_doubt_version: Option<&'a str>,
     /// Replaces the stored data when `Some` (ignored when the record is deleted).
     pub data: Option<&'a str>,
     /// Delete the record; `None`: as its `delete_on_release` says. Permit slots are never deleted.
@@ -91,19 +104,24 @@ pub trait LockStore: Send + Sync + Debug + 'static {
     fn migrate(&self) -> Result<()>;
 
     /// Grants the mutex if it is free or its lease has expired, writing a new version and a
-    /// higher fencing token. `Ok(None)`: another live lease holds it.
+    /// higher fencing token; if it is already held with `req.version`, restarts that lease
+    /// in place (same fencing token). `Ok(None)`: another live lease holds it.
     fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>>;
 
     /// Grants one free or expired permit slot of semaphore `req.key`, choosing the slot inside
-    /// the store in a number of round trips that does not grow with `max_size`.
+    /// the store in a number of round trips that does not grow with `max_size`, and only while
+    /// fewer than `max_size` permits are live (retired slots of a shrink included). With
+    /// `req.retry`, a slot already held with `req.version` is re-granted in place instead.
     /// `Ok(None)`: all permits are busy. `Err(NotFound)`: no such semaphore.
     fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>>;
 
-    /// Extends the lease if the record is held with `req.version` (or already `req.new_version`).
-    /// `Ok(None)`: not held with that version (released, deleted or taken over).
+    /// Extends the lease if the record is held with `req.version` (or already `req.new_version`)
+    /// and the lease has not run out by the store's clock. `Ok(None)`: not held with that
+    /// version (released, deleted, taken over or expired).
     fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>>;
 
-    /// Releases the lease if held with `req.version`. `Ok(false)`: it was not.
+    /// Releases the lease if held with `req.version` (or `req.in_doubt_version`). A lease that
+    /// ran out but that nobody took over is released too. `Ok(false)`: it was not held so.
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool>;
 
     /// Reads one plain mutex.
@@ -114,15 +132,17 @@ pub trait LockStore: Send + Sync + Debug + 'static {
     fn delete_mutex(&self, tenant_id: &str, key: &str, version: Option<&str>) -> Result<bool>;
 
     /// Creates the semaphore or resizes it, atomically. Shrinking retires the extra slots:
-    /// free ones at once, held ones when they are released or expire; until then no new
-    /// permit is granted, so the bound is never exceeded. Returns the stored record.
+    /// free ones at once, held ones when they are released or expire. A retired slot that is
+    /// still live counts against the new size, so no grant ever makes more than `max_size`
+    /// permits live, and grants resume as soon as fewer than `max_size` are. Returns the stored
+    /// record.
     fn put_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore>;
 
     /// Reads a semaphore with its live `busy_count`.
     fn get_semaphore(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>>;
 
-    /// Deletes a semaphore and its slots; `Err(Conflict)` while any permit is live.
-    /// `Ok(false)`: no such semaphore.
+    /// Deletes a semaphore and its slots, atomically with respect to grants: `Err(Conflict)`
+    /// if any permit is live at the moment of deletion. `Ok(false)`: no such semaphore.
     fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool>;
 
     /// The permit slots of a semaphore, by slot index.

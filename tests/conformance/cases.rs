@@ -745,7 +745,7 @@ pub fn lost_renewal_reply_does_not_lose_the_lease(b: Backend) {
 pub fn into_lock_hands_the_lease_on(b: Backend) {
     let key = unique("into-lock");
     let m = b.manager("t-into-lock");
-    let record = m.lock(&opts(&key, 10_000, 0)).unwrap().into_lock();
+    let record = m.lock(&opts(&key, 10_000, 0)).unwrap().into_lock().unwrap();
     assert!(
         m.try_lock(&opts(&key, 10_000, 0)).unwrap().is_none(),
         "still held after the guard is gone"

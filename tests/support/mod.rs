@@ -122,7 +122,19 @@ impl Backend {
 
     /// A manager for `tenant` over `store` (e.g. a [`FlakyStore`] around the shared one).
     pub fn manager_over(self, tenant: &str, store: Arc<dyn LockStore>) -> LockManager {
-        LockManager::from_store(&self.config(tenant), store, &prometheus::Registry::new()).unwrap()
+        self.manager_with(tenant, store, |_| {})
+    }
+
+    /// As [`Backend::manager_over`], with settings changed by `tweak`.
+    pub fn manager_with(
+        self,
+        tenant: &str,
+        store: Arc<dyn LockStore>,
+        tweak: impl FnOnce(&mut LocksConfig),
+    ) -> LockManager {
+        let mut config = self.config(tenant);
+        tweak(&mut config);
+        LockManager::from_store(&config, store, &prometheus::Registry::new()).unwrap()
     }
 }
 
@@ -146,47 +158,73 @@ pub fn unique(name: &str) -> String {
     )
 }
 
-/// Wraps a store and fails renewals or releases on command.
-#[derive(Debug)]
+/// Wraps a store and fails, loses replies or hangs on command.
+#[derive(Debug, Default)]
 pub struct FlakyStore {
-    pub inner: Arc<dyn LockStore>,
+    pub inner: Option<Arc<dyn LockStore>>,
     /// Renewals fail with a retryable error without reaching the store.
     pub fail_renewals: AtomicBool,
     /// The next N renewals reach the store and succeed there, but report a timeout: the
     /// reply was "lost".
     pub lose_renewal_replies: AtomicUsize,
+    /// Once a renewal reply has been lost, every later renewal fails without reaching the
+    /// store, so the lost one stays in doubt.
+    pub fail_renewals_after_lost_reply: AtomicBool,
     /// Releases fail with a retryable error.
     pub fail_releases: AtomicBool,
+    /// Releases reach the store only after this many milliseconds (a stalled server).
+    pub release_delay_ms: AtomicUsize,
     /// Renewals reach the store only after this many milliseconds (a slow network).
     pub renewal_delay_ms: AtomicUsize,
+    /// The next N acquires (mutex or permit) reach the store, but report a timeout whatever
+    /// happened there: the reply was "lost".
+    pub lose_acquire_replies: AtomicUsize,
     pub renewals_seen: AtomicUsize,
+    pub acquires_seen: AtomicUsize,
 }
 
 impl FlakyStore {
     pub fn new(inner: Arc<dyn LockStore>) -> Arc<FlakyStore> {
         Arc::new(FlakyStore {
-            inner,
-            fail_renewals: AtomicBool::new(false),
-            lose_renewal_replies: AtomicUsize::new(0),
-            fail_releases: AtomicBool::new(false),
-            renewal_delay_ms: AtomicUsize::new(0),
-            renewals_seen: AtomicUsize::new(0),
+            inner: Some(inner),
+            ..FlakyStore::default()
         })
+    }
+
+    fn inner(&self) -> &dyn LockStore {
+        &**self.inner.as_ref().expect("a FlakyStore wraps a store")
+    }
+
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn acquire(&self, f: impl FnOnce() -> Result<Option<MutexLock>>) -> Result<Option<MutexLock>> {
+        self.acquires_seen.fetch_add(1, Ordering::SeqCst);
+        let result = f();
+        if Self::take(&self.lose_acquire_replies) {
+            return Err(LockError::Unavailable(
+                "injected: acquire reply lost".into(),
+            ));
+        }
+        result
     }
 }
 
 impl LockStore for FlakyStore {
     fn name(&self) -> &'static str {
-        self.inner.name()
+        self.inner().name()
     }
     fn migrate(&self) -> Result<()> {
-        self.inner.migrate()
+        self.inner().migrate()
     }
     fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
-        self.inner.try_acquire_mutex(req)
+        self.acquire(|| self.inner().try_acquire_mutex(req))
     }
     fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
-        self.inner.try_acquire_permit(req)
+        self.acquire(|| self.inner().try_acquire_permit(req))
     }
     fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
         self.renewals_seen.fetch_add(1, Ordering::SeqCst);
@@ -197,16 +235,15 @@ impl LockStore for FlakyStore {
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay as u64));
         }
-        let result = self.inner.renew(req);
-        let lose = self
-            .lose_renewal_replies
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
+        let result = self.inner().renew(req);
+        if Self::take(&self.lose_renewal_replies) {
             assert!(
                 matches!(result, Ok(Some(_))),
                 "the renewal whose reply is lost must have succeeded: {result:?}"
             );
+            if self.fail_renewals_after_lost_reply.load(Ordering::SeqCst) {
+                self.fail_renewals.store(true, Ordering::SeqCst);
+            }
             return Err(LockError::Unavailable(
                 "injected: renewal reply lost".into(),
             ));
@@ -217,31 +254,35 @@ impl LockStore for FlakyStore {
         if self.fail_releases.load(Ordering::SeqCst) {
             return Err(LockError::Unavailable("injected: release failed".into()));
         }
-        self.inner.release(req)
+        let delay = self.release_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay as u64));
+        }
+        self.inner().release(req)
     }
     fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
-        self.inner.get_mutex(tenant_id, key)
+        self.inner().get_mutex(tenant_id, key)
     }
     fn delete_mutex(&self, tenant_id: &str, key: &str, version: Option<&str>) -> Result<bool> {
-        self.inner.delete_mutex(tenant_id, key, version)
+        self.inner().delete_mutex(tenant_id, key, version)
     }
     fn put_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore> {
-        self.inner.put_semaphore(semaphore)
+        self.inner().put_semaphore(semaphore)
     }
     fn get_semaphore(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
-        self.inner.get_semaphore(tenant_id, key)
+        self.inner().get_semaphore(tenant_id, key)
     }
     fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool> {
-        self.inner.delete_semaphore(tenant_id, key)
+        self.inner().delete_semaphore(tenant_id, key)
     }
     fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
-        self.inner.semaphore_mutexes(tenant_id, key)
+        self.inner().semaphore_mutexes(tenant_id, key)
     }
     fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {
-        self.inner.list_mutexes(tenant_id)
+        self.inner().list_mutexes(tenant_id)
     }
     fn list_semaphores(&self, tenant_id: &str) -> Result<Vec<Semaphore>> {
-        self.inner.list_semaphores(tenant_id)
+        self.inner().list_semaphores(tenant_id)
     }
 }
 
