@@ -137,7 +137,8 @@ fn contended(c: &mut Criterion) {
     }
 }
 
-/// A permit acquire + release for semaphores of growing size: the cost must not grow with it.
+/// A permit acquire + release for semaphores of growing size, and the busy answer of a try
+/// on a full one: neither cost may grow with the size.
 fn semaphore_size(c: &mut Criterion) {
     for (store, m) in managers() {
         let mut group = c.benchmark_group(format!("semaphore/{store}"));
@@ -146,6 +147,10 @@ fn semaphore_size(c: &mut Criterion) {
         } else {
             &[1, 100, 1_000, 10_000]
         };
+        let baseline = format!("bench-sem-baseline-{}", uuid::Uuid::new_v4().simple());
+        group.bench_function("raw_round_trip(get_mutex)", |b| {
+            b.iter(|| m.get_mutex(&baseline).unwrap())
+        });
         for &size in sizes {
             let key = format!("bench-sem-{size}-{}", uuid::Uuid::new_v4().simple());
             m.create_semaphore(
@@ -169,6 +174,20 @@ fn semaphore_size(c: &mut Criterion) {
                     })
                 },
             );
+            // Every permit busy: a try must answer "busy" as cheaply at any size.
+            let held: Vec<_> = (0..size)
+                .map(|_| m.try_acquire_lock(&opts).unwrap().expect("a free permit"))
+                .collect();
+            let try_once = AcquireLockOptionsBuilder::new(&key)
+                .with_requires_semaphore(true)
+                .with_wait_duration(Duration::ZERO)
+                .build();
+            group.bench_with_input(BenchmarkId::new("permit_busy", size), &size, |b, _| {
+                b.iter(|| assert!(m.try_acquire_lock(&try_once).unwrap().is_none()))
+            });
+            for permit in held {
+                m.release_lock(&permit.to_release_options()).unwrap();
+            }
         }
         group.finish();
     }

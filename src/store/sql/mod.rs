@@ -4,6 +4,8 @@
 //! connection; `with_connection!` checks out a pooled connection of whichever backend the
 //! store was built for and runs the body with it. The SQL texts live in `statements.rs`.
 
+mod errors;
+mod slots;
 mod statements;
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text};
 use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
+use self::errors::{classify, Detail, LastError};
 use self::statements::{Dialect, Statement, Statements};
 use super::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
 use crate::config::LocksConfig;
@@ -39,8 +42,8 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations =
 const MYSQL_MIGRATIONS: EmbeddedMigrations =
     diesel_migrations::embed_migrations!("migrations/mysql");
 
-/// Largest number of slot rows inserted by one statement when a semaphore grows.
-const SLOT_INSERT_BATCH: i64 = 500;
+/// Largest number of slots one statement of a resize inserts, updates or deletes.
+const SLOT_BATCH: usize = 500;
 
 enum SqlPool {
     #[cfg(feature = "sqlite")]
@@ -141,6 +144,23 @@ macro_rules! execute {
     };
 }
 
+/// Runs `$body` in a write transaction on `$conn`, and classifies its error with what the
+/// session says about it before the transaction is rolled back.
+macro_rules! in_transaction {
+    ($store:expr, $conn:ident => $body:expr) => {{
+        let mut detail = Detail::Unknown;
+        $conn
+            .write_transaction(|$conn| {
+                let outcome = (|| $body)();
+                if outcome.is_err() {
+                    detail = $conn.last_error_in_transaction();
+                }
+                outcome
+            })
+            .map_err(|e| classify(&e, detail, &$store.redactor))
+    }};
+}
+
 #[derive(QueryableByName)]
 struct MutexRow {
     #[diesel(sql_type = Text)]
@@ -211,10 +231,42 @@ impl From<SemaphoreRow> for Semaphore {
     }
 }
 
+/// A locked semaphore row (`lock_semaphore`); its presence is what counts.
 #[derive(QueryableByName)]
-struct CountRow {
+struct LockedRow {
     #[diesel(sql_type = BigInt)]
+    #[allow(dead_code)]
     n: i64,
+}
+
+/// Whether an existing semaphore has retired slots (`semaphore_state`; no row: no semaphore).
+#[derive(QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = BigInt)]
+    has_retired: i64,
+}
+
+/// One slot as `lock_slots` and the pairing reads see it, with the server's clock.
+#[derive(QueryableByName)]
+struct SlotRow {
+    #[diesel(sql_type = Text)]
+    mutex_key: String,
+    #[diesel(sql_type = BigInt)]
+    slot_index: i64,
+    #[diesel(sql_type = Bool)]
+    retired: bool,
+    #[diesel(sql_type = Bool)]
+    locked: bool,
+    #[diesel(sql_type = BigInt)]
+    expires_at_ms: i64,
+    #[diesel(sql_type = BigInt)]
+    now_ms: i64,
+}
+
+impl SlotRow {
+    fn live(&self) -> bool {
+        self.locked && self.expires_at_ms > self.now_ms
+    }
 }
 
 /// A transaction that takes the write lock up front. SQLite needs `BEGIN IMMEDIATE`: a
@@ -443,6 +495,17 @@ impl SqlStore {
                 io_timeout.as_millis()
             ));
         }
+        // A peer that vanished while we wait for a reply (the request was acknowledged, so
+        // tcp_user_timeout does not fire) is noticed by keepalive probes within about the I/O
+        // timeout.
+        if !url.contains("keepalives") {
+            let idle = (io_timeout.as_secs() / 2).max(1);
+            url.push_str(&format!(
+                "{}keepalives=1&keepalives_idle={idle}&keepalives_interval=1&keepalives_count={}",
+                sep(&url),
+                (io_timeout.as_secs() / 2).clamp(1, 10)
+            ));
+        }
         let setup = vec![
             format!("SET statement_timeout = {}", io_timeout.as_millis()),
             format!("SET lock_timeout = {}", io_timeout.as_millis()),
@@ -519,29 +582,9 @@ impl SqlStore {
         })
     }
 
-    fn db_error(&self, e: diesel::result::Error) -> LockError {
-        use diesel::result::{DatabaseErrorKind, Error};
-        let msg = self.redactor.clean(&e);
-        match &e {
-            Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                _,
-            ) => LockError::Unavailable(msg),
-            // SQLite's busy timeout ran out, or a server-side statement/lock timeout fired.
-            Error::DatabaseError(_, info)
-                if [
-                    "database is locked",
-                    "timeout",
-                    "canceling statement",
-                    "Lock wait",
-                ]
-                .iter()
-                .any(|m| info.message().contains(m)) =>
-            {
-                LockError::Unavailable(msg)
-            }
-            _ => LockError::Store(msg),
-        }
+    /// Classifies an error of a statement just run on `conn`.
+    fn error<C: LastError>(&self, conn: &mut C, e: diesel::result::Error) -> LockError {
+        classify(&e, conn.last_error(), &self.redactor)
     }
 
     fn is_mysql(&self) -> bool {
@@ -596,24 +639,23 @@ impl LockStore for SqlStore {
             Param::OptText(req.data),
             Param::Bool(req.delete_on_release),
         ];
-        let read_back = [
-            Param::Text(req.tenant_id),
-            Param::Text(""),
-            Param::Text(req.key),
-            Param::Text(req.version),
-        ];
         with_connection!(self, conn => {
             let rows: Vec<MutexRow> = if self.is_mysql() {
                 execute!(conn, &self.sql.acquire_mutex, &params)
-                    .and_then(|_| load!(conn, &self.sql.select_by_key_version, &read_back))
+                    .and_then(|_| load!(conn, &self.sql.select_by_key_version, &params[..4]))
             } else {
                 load!(conn, &self.sql.acquire_mutex, &params)
             }
-            .map_err(|e| self.db_error(e))?;
+            .map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().next().map(MutexLock::from))
         })
     }
 
+    /// A permit: the slot already held with this version (a retry), else the fast path (one
+    /// statement), else, if the semaphore has retired slots, the slow path: under the lock of
+    /// the semaphore row, drop the retired slots that are no longer live, pair each live one
+    /// with a free active slot (the free one goes, the live one becomes active), then try the
+    /// fast path again. A busy answer costs the fast path plus one primary-key read.
     fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
         let params = [
             Param::Text(req.tenant_id),
@@ -622,29 +664,56 @@ impl LockStore for SqlStore {
             Param::Int(req.lease_ms),
             Param::OptText(req.data),
         ];
-        let read_back = [
-            Param::Text(req.tenant_id),
-            Param::Text(req.key),
-            Param::Text(req.version),
-        ];
-        let granted = with_connection!(self, conn => {
-            let rows: Vec<MutexRow> = if self.is_mysql() {
-                // Same connection: the read-back finds the slot through LAST_INSERT_ID().
-                execute!(conn, &self.sql.acquire_permit, &params)
-                    .and_then(|_| load!(conn, &self.sql.select_permit_by_version, &read_back))
-            } else {
-                load!(conn, &self.sql.acquire_permit, &params)
+        let missing = || LockError::NotFound(format!("semaphore `{}` does not exist", req.key));
+        with_connection!(self, conn => {
+            let grant = |conn: &mut _, stmt| -> QueryResult<Option<MutexLock>> {
+                let rows: Vec<MutexRow> = if self.is_mysql() {
+                    // Same connection: the read-back finds the slot through LAST_INSERT_ID().
+                    execute!(conn, stmt, &params)
+                        .and_then(|_| load!(conn, &self.sql.select_permit_by_version, &params[..3]))?
+                } else {
+                    load!(conn, stmt, &params)?
+                };
+                Ok(rows.into_iter().next().map(MutexLock::from))
+            };
+            if req.retry {
+                if let Some(own) = grant(&mut *conn, &self.sql.regrant_permit).map_err(|e| self.error(conn, e))? {
+                    return Ok(Some(own));
+                }
             }
-            .map_err(|e| self.db_error(e))?;
-            rows.into_iter().next().map(MutexLock::from)
-        });
-        if granted.is_none() && self.get_semaphore(req.tenant_id, req.key)?.is_none() {
-            return Err(LockError::NotFound(format!(
-                "semaphore `{}` does not exist",
-                req.key
-            )));
-        }
-        Ok(granted)
+            if let Some(granted) = grant(&mut *conn, &self.sql.acquire_permit).map_err(|e| self.error(conn, e))? {
+                return Ok(Some(granted));
+            }
+            let state: Vec<StateRow> = load!(conn, &self.sql.semaphore_state, &params[..2])
+                .map_err(|e| self.error(conn, e))?;
+            match state.first() {
+                None => return Err(missing()),
+                Some(state) if state.has_retired == 0 => return Ok(None),
+                Some(_) => {}
+            }
+            in_transaction!(self, conn => {
+                let size: Vec<LockedRow> = load!(conn, &self.sql.lock_semaphore, &params[..2])?;
+                if size.is_empty() {
+                    return Ok(Err(missing()));
+                }
+                execute!(conn, &self.sql.reap_retired, &params[..2])?;
+                let live: Vec<SlotRow> = load!(conn, &self.sql.live_retired_slots, &params[..2])?;
+                if !live.is_empty() {
+                    let limit = [params[0], params[1], Param::Int(live.len() as i64)];
+                    let free: Vec<SlotRow> = load!(conn, &self.sql.free_active_slots, &limit)?;
+                    for (held, free) in live.iter().zip(&free) {
+                        let slot = |key| [params[0], params[1], Param::Text(key)];
+                        let dropped = execute!(conn, &self.sql.drop_free_slot, &slot(&free.mutex_key))?;
+                        let unretired = execute!(conn, &self.sql.unretire_slot, &slot(&held.mutex_key))?;
+                        if (dropped, unretired) != (1, 1) {
+                            // Both were locked and checked: cannot happen; undo, report busy.
+                            return Err(diesel::result::Error::RollbackTransaction);
+                        }
+                    }
+                }
+                grant(&mut *conn, &self.sql.acquire_permit).map(Ok)
+            })?
+        })
     }
 
     fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
@@ -658,37 +727,30 @@ impl LockStore for SqlStore {
             Param::Int(req.lease_ms),
             Param::OptText(req.data),
         ];
-        let read_back = [
-            Param::Text(req.tenant_id),
-            Param::Text(semaphore_key),
-            Param::Text(req.key),
-            Param::Text(req.new_version),
-        ];
+        let read_back = [params[0], params[1], params[2], params[4]];
+        let renew = match req.semaphore_key {
+            Some(_) => &self.sql.renew_permit,
+            None => &self.sql.renew_mutex,
+        };
         with_connection!(self, conn => {
             let rows: Vec<MutexRow> = if self.is_mysql() {
-                execute!(conn, &self.sql.renew, &params)
+                execute!(conn, renew, &params)
                     .and_then(|_| load!(conn, &self.sql.select_by_key_version, &read_back))
             } else {
-                load!(conn, &self.sql.renew, &params)
+                load!(conn, renew, &params)
             }
-            .map_err(|e| self.db_error(e))?;
+            .map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().next().map(MutexLock::from))
         })
     }
 
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
-        let semaphore_key = req.semaphore_key.unwrap_or("");
-        let key_params = [
+        let params = [
             Param::Text(req.tenant_id),
-            Param::Text(semaphore_key),
+            Param::Text(req.semaphore_key.unwrap_or("")),
             Param::Text(req.key),
             Param::Text(req.version),
-        ];
-        let update_params = [
-            key_params[0],
-            key_params[1],
-            key_params[2],
-            key_params[3],
+            Param::Text(req.in_doubt_version.unwrap_or(req.version)),
             Param::OptText(req.data),
         ];
         // Permit slots stay: they carry the slot's fencing token and are part of the semaphore.
@@ -697,16 +759,20 @@ impl LockStore for SqlStore {
         } else {
             req.delete
         };
+        let release = match req.semaphore_key {
+            Some(_) => &self.sql.release_permit,
+            None => &self.sql.release_mutex,
+        };
         with_connection!(self, conn => {
             let changed = match delete {
-                Some(true) => execute!(conn, &self.sql.release_delete, &key_params),
-                Some(false) => execute!(conn, &self.sql.release, &update_params),
+                Some(true) => execute!(conn, &self.sql.release_delete, &params),
+                Some(false) => execute!(conn, release, &params),
                 // Unknown flag: delete if the record asks for it, else mark free.
-                None => execute!(conn, &self.sql.release_delete_if_flagged, &key_params).and_then(|n| {
-                    if n > 0 { Ok(n) } else { execute!(conn, &self.sql.release, &update_params) }
+                None => execute!(conn, &self.sql.release_delete_if_flagged, &params).and_then(|n| {
+                    if n > 0 { Ok(n) } else { execute!(conn, release, &params) }
                 }),
             }
-            .map_err(|e| self.db_error(e))?;
+            .map_err(|e| self.error(conn, e))?;
             Ok(changed > 0)
         })
     }
@@ -714,7 +780,7 @@ impl LockStore for SqlStore {
     fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
         let params = [Param::Text(tenant_id), Param::Text(key)];
         with_connection!(self, conn => {
-            let rows: Vec<MutexRow> = load!(conn, &self.sql.get_mutex, &params).map_err(|e| self.db_error(e))?;
+            let rows: Vec<MutexRow> = load!(conn, &self.sql.get_mutex, &params).map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().next().map(MutexLock::from))
         })
     }
@@ -725,7 +791,7 @@ impl LockStore for SqlStore {
                 Some(v) => execute!(conn, &self.sql.delete_mutex_with_version, &[Param::Text(tenant_id), Param::Text(key), Param::Text(v)]),
                 None => execute!(conn, &self.sql.delete_mutex_if_free, &[Param::Text(tenant_id), Param::Text(key)]),
             }
-            .map_err(|e| self.db_error(e))?
+            .map_err(|e| self.error(conn, e))?
         });
         if deleted == 0 && version.is_none() && self.get_mutex(tenant_id, key)?.is_some() {
             return Err(LockError::Conflict(format!(
@@ -735,6 +801,9 @@ impl LockStore for SqlStore {
         Ok(deleted > 0)
     }
 
+    /// One transaction: the semaphore row is written (and locked), every slot is locked and
+    /// read, and the plan of `slots::resize` is applied. Grants in flight finish first (their
+    /// slots are locked); later ones see the new state.
     fn put_semaphore(&self, semaphore: &Semaphore) -> Result<Semaphore> {
         let tenant = semaphore.tenant_id.as_str();
         let key = semaphore.semaphore_key.as_str();
@@ -745,37 +814,41 @@ impl LockStore for SqlStore {
             Param::Int(semaphore.max_size),
             Param::Int(semaphore.lease_duration_ms),
         ];
-        let slot_keys: Vec<String> = (0..semaphore.max_size).map(|i| slot_key(key, i)).collect();
-        let batches: Vec<(i64, Statement)> = (0..semaphore.max_size)
-            .step_by(SLOT_INSERT_BATCH as usize)
-            .map(|first| {
-                (
-                    first,
-                    self.sql
-                        .insert_slots(first, SLOT_INSERT_BATCH.min(semaphore.max_size - first)),
-                )
-            })
-            .collect();
-        let retire = [
-            Param::Text(tenant),
-            Param::Text(key),
-            Param::Int(semaphore.max_size),
-        ];
         with_connection!(self, conn => {
-            // All or nothing: a resize never stops half-way.
-            conn.write_transaction(|conn| {
+            in_transaction!(self, conn => {
                 execute!(conn, &self.sql.upsert_semaphore, &upsert)?;
-                for (first, stmt) in &batches {
-                    let end = (*first + SLOT_INSERT_BATCH).min(semaphore.max_size) as usize;
-                    let mut params = vec![Param::Text(tenant), Param::Text(key)];
-                    params.extend(slot_keys[*first as usize..end].iter().map(|k| Param::Text(k)));
-                    execute!(conn, stmt, &params)?;
+                let rows: Vec<SlotRow> = load!(conn, &self.sql.lock_slots, &upsert[..2])?;
+                let snapshot: Vec<slots::Slot> = rows
+                    .iter()
+                    .map(|r| slots::Slot {
+                        live: r.live(),
+                        key: r.mutex_key.clone(),
+                        index: r.slot_index,
+                        retired: r.retired,
+                    })
+                    .collect();
+                let plan = slots::resize(&snapshot, semaphore.max_size);
+                let new_keys: Vec<String> = plan.create.iter().map(|&i| slot_key(key, i)).collect();
+                let changes = [
+                    (None, &plan.drop),
+                    (Some("retired = TRUE"), &plan.retire),
+                    (Some("retired = FALSE"), &plan.unretire),
+                ];
+                for (set, keys) in changes {
+                    for chunk in keys.chunks(SLOT_BATCH) {
+                        let mut params = vec![upsert[0], upsert[1]];
+                        params.extend(chunk.iter().map(|k| Param::Text(k)));
+                        execute!(conn, &self.sql.slots_by_key(set, chunk.len()), &params)?;
+                    }
                 }
-                execute!(conn, &self.sql.retire_free_slots, &retire)?;
+                for (indexes, keys) in plan.create.chunks(SLOT_BATCH).zip(new_keys.chunks(SLOT_BATCH)) {
+                    let mut params = vec![upsert[0], upsert[1]];
+                    params.extend(keys.iter().map(|k| Param::Text(k)));
+                    execute!(conn, &self.sql.insert_slots(indexes), &params)?;
+                }
                 Ok(())
             })
-            .map_err(|e| self.db_error(e))?
-        });
+        })?;
         self.get_semaphore(tenant, key)?.ok_or_else(|| {
             LockError::Store(format!(
                 "semaphore `{key}` vanished right after it was written"
@@ -786,24 +859,30 @@ impl LockStore for SqlStore {
     fn get_semaphore(&self, tenant_id: &str, key: &str) -> Result<Option<Semaphore>> {
         let params = [Param::Text(tenant_id), Param::Text(key)];
         with_connection!(self, conn => {
-            let rows: Vec<SemaphoreRow> = load!(conn, &self.sql.get_semaphore, &params).map_err(|e| self.db_error(e))?;
+            let rows: Vec<SemaphoreRow> = load!(conn, &self.sql.get_semaphore, &params).map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().next().map(Semaphore::from))
         })
     }
 
+    /// One transaction: the semaphore row and every slot are locked before the live permits
+    /// are counted, so no grant can slip in between the count and the delete (a grant in
+    /// flight holds its slot's lock, and the count waits for it and sees it).
     fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool> {
         let params = [Param::Text(tenant_id), Param::Text(key)];
-        let outcome: std::result::Result<bool, i64> = with_connection!(self, conn => {
-            conn.write_transaction(|conn| {
-                let live: Vec<CountRow> = load!(conn, &self.sql.count_live_permits, &params)?;
-                let live = live.first().map_or(0, |c| c.n);
+        let outcome: std::result::Result<bool, usize> = with_connection!(self, conn => {
+            in_transaction!(self, conn => {
+                let exists: Vec<LockedRow> = load!(conn, &self.sql.lock_semaphore, &params)?;
+                if exists.is_empty() {
+                    return Ok(Ok(false));
+                }
+                let slots: Vec<SlotRow> = load!(conn, &self.sql.lock_slots, &params)?;
+                let live = slots.iter().filter(|s| s.live()).count();
                 if live > 0 {
                     return Ok(Err(live));
                 }
                 execute!(conn, &self.sql.delete_slots, &params)?;
                 Ok(Ok(execute!(conn, &self.sql.delete_semaphore, &params)? > 0))
-            })
-            .map_err(|e| self.db_error(e))?
+            })?
         });
         outcome.map_err(|live| {
             LockError::Conflict(format!(
@@ -815,7 +894,7 @@ impl LockStore for SqlStore {
     fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
         let params = [Param::Text(tenant_id), Param::Text(key)];
         with_connection!(self, conn => {
-            let rows: Vec<MutexRow> = load!(conn, &self.sql.semaphore_mutexes, &params).map_err(|e| self.db_error(e))?;
+            let rows: Vec<MutexRow> = load!(conn, &self.sql.semaphore_mutexes, &params).map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().map(MutexLock::from).collect())
         })
     }
@@ -823,7 +902,7 @@ impl LockStore for SqlStore {
     fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {
         let params = [Param::Text(tenant_id)];
         with_connection!(self, conn => {
-            let rows: Vec<MutexRow> = load!(conn, &self.sql.list_mutexes, &params).map_err(|e| self.db_error(e))?;
+            let rows: Vec<MutexRow> = load!(conn, &self.sql.list_mutexes, &params).map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().map(MutexLock::from).collect())
         })
     }
@@ -831,7 +910,7 @@ impl LockStore for SqlStore {
     fn list_semaphores(&self, tenant_id: &str) -> Result<Vec<Semaphore>> {
         let params = [Param::Text(tenant_id)];
         with_connection!(self, conn => {
-            let rows: Vec<SemaphoreRow> = load!(conn, &self.sql.list_semaphores, &params).map_err(|e| self.db_error(e))?;
+            let rows: Vec<SemaphoreRow> = load!(conn, &self.sql.list_semaphores, &params).map_err(|e| self.error(conn, e))?;
             Ok(rows.into_iter().map(Semaphore::from).collect())
         })
     }

@@ -85,20 +85,23 @@ fn fill_placeholders(dialect: Dialect, template: &str) -> String {
             "GREATEST",
         ),
     };
-    let skip_locked = match dialect {
+    let (skip_locked, for_update) = match dialect {
         // Concurrent acquirers pass over each other's candidate slots instead of queueing.
-        Dialect::Postgres => "FOR UPDATE OF s SKIP LOCKED",
-        // SQLite runs one writer at a time: nothing to skip.
-        Dialect::Sqlite | Dialect::Mysql => "",
+        Dialect::Postgres => ("FOR UPDATE OF s SKIP LOCKED", "FOR UPDATE"),
+        Dialect::Mysql => ("", "FOR UPDATE"),
+        // SQLite runs one writer at a time (write transactions are IMMEDIATE): nothing to lock.
+        Dialect::Sqlite => ("", ""),
     };
+    // Composite placeholders first: their texts hold simple ones.
     template
+        .replace("{permit_lease}", PERMIT_LEASE)
+        .replace("{live_retired}", LIVE_RETIRED)
         .replace("{cols}", COLS)
         .replace("{now_ms}", now_ms)
         .replace("{now_us}", now_us)
         .replace("{greatest}", greatest)
         .replace("{skip_locked}", skip_locked)
-        .replace("{permit_lease}", PERMIT_LEASE)
-        .replace("{max_size}", MAX_SIZE)
+        .replace("{for_update}", for_update)
 }
 
 /// Columns read into a mutex row, in the order of `MutexRow`.
@@ -110,9 +113,12 @@ const PERMIT_LEASE: &str =
     "COALESCE(NULLIF($4, 0), (SELECT sem.lease_duration_ms FROM db_locks_semaphores sem \
     WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2))";
 
-/// The semaphore's size (no row: NULL, so nothing is granted).
-const MAX_SIZE: &str = "(SELECT sem.max_size FROM db_locks_semaphores sem \
-    WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2)";
+/// Whether semaphore ($1, $2) has a retired slot that is still live: a range on the
+/// retired-slot index (PostgreSQL, SQLite: partial, retired slots only; it names no
+/// `semaphore_key <> ''`, so the free-slot index is no candidate).
+const LIVE_RETIRED: &str = "EXISTS (SELECT 1 FROM db_locks_mutexes r \
+    WHERE r.tenant_id = $1 AND r.semaphore_key = $2 \
+    AND r.retired = TRUE AND r.slot_expires_at_ms > {now_ms})";
 
 /// All statements of one dialect.
 #[derive(Debug, Clone)]
@@ -123,18 +129,28 @@ pub(crate) struct Statements {
     pub(crate) acquire_mutex: Statement,
     /// Params: $1 tenant, $2 semaphore key, $3 version, $4 lease ms (0: the semaphore's), $5 data.
     pub(crate) acquire_permit: Statement,
-    /// Params: $1 tenant, $2 semaphore key ('' for a mutex), $3 key, $4 version, $5 new version,
-    /// $6 lease ms, $7 data.
-    pub(crate) renew: Statement,
+    /// Params as `acquire_permit`.
+    pub(crate) regrant_permit: Statement,
+    /// Params: $1 tenant, $2 semaphore key. One row if the semaphore exists: `has_retired` = 1
+    /// if it has retired slots (live or not), else 0.
+    pub(crate) semaphore_state: Statement,
+    /// Params: $1 tenant, $2 semaphore key (''), $3 key, $4 version, $5 new version, $6 lease
+    /// ms, $7 data.
+    pub(crate) renew_mutex: Statement,
+    /// As `renew_mutex`, for a permit slot ($2 its semaphore key).
+    pub(crate) renew_permit: Statement,
     /// MySQL only (no RETURNING): reads back the mutex or permit a mutex acquire or a renewal
     /// just wrote. Params: $1 tenant, $2 semaphore key ('' for a mutex), $3 key, $4 version.
     pub(crate) select_by_key_version: Statement,
-    /// MySQL only: reads back the permit `acquire_permit` just granted, on the same connection.
-    /// Params: $1 tenant, $2 semaphore key, $3 version.
+    /// MySQL only: reads back the permit `acquire_permit` or `regrant_permit` just wrote, on
+    /// the same connection. Params: $1 tenant, $2 semaphore key, $3 version.
     pub(crate) select_permit_by_version: Statement,
-    /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version, $5 data.
-    pub(crate) release: Statement,
-    /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version.
+    /// Params: $1 tenant, $2 semaphore key (''), $3 key, $4 version, $5 in-doubt version,
+    /// $6 data.
+    pub(crate) release_mutex: Statement,
+    /// As `release_mutex`, for a permit slot ($2 its semaphore key).
+    pub(crate) release_permit: Statement,
+    /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version, $5 in-doubt version.
     pub(crate) release_delete: Statement,
     /// Params as `release_delete`.
     pub(crate) release_delete_if_flagged: Statement,
@@ -146,14 +162,24 @@ pub(crate) struct Statements {
     pub(crate) delete_mutex_if_free: Statement,
     /// Params: $1 tenant, $2 semaphore key, $3 version, $4 max size, $5 lease ms.
     pub(crate) upsert_semaphore: Statement,
-    /// Params: $1 tenant, $2 semaphore key, $3 max size.
-    pub(crate) retire_free_slots: Statement,
-    /// Params: $1 tenant, $2 semaphore key.
-    pub(crate) get_semaphore: Statement,
+    /// Params: $1 tenant, $2 semaphore key. Locks the semaphore row; returns `n` = max_size.
+    pub(crate) lock_semaphore: Statement,
+    /// Params: $1 tenant, $2 semaphore key. Every slot, locked, with the server's clock.
+    pub(crate) lock_slots: Statement,
+    /// Params: $1 tenant, $2 semaphore key. Deletes the retired slots that are not live.
+    pub(crate) reap_retired: Statement,
+    /// Params: $1 tenant, $2 semaphore key. The live retired slots, locked.
+    pub(crate) live_retired_slots: Statement,
+    /// Params: $1 tenant, $2 semaphore key, $3 limit. Up to $3 free active slots, locked.
+    pub(crate) free_active_slots: Statement,
+    /// Params: $1 tenant, $2 semaphore key, $3 slot key.
+    pub(crate) drop_free_slot: Statement,
+    /// Params: $1 tenant, $2 semaphore key, $3 slot key.
+    pub(crate) unretire_slot: Statement,
     /// Params: $1 tenant.
     pub(crate) list_semaphores: Statement,
     /// Params: $1 tenant, $2 semaphore key.
-    pub(crate) count_live_permits: Statement,
+    pub(crate) get_semaphore: Statement,
     /// Params: $1 tenant, $2 semaphore key.
     pub(crate) delete_slots: Statement,
     /// Params: $1 tenant, $2 semaphore key.
@@ -164,84 +190,115 @@ pub(crate) struct Statements {
     pub(crate) list_mutexes: Statement,
 }
 
+/// `template` for a plain mutex: it leaves `slot_expires_at_ms` alone (NULL for mutexes).
+fn for_mutex(template: &str) -> String {
+    template.replace("{slot_expiry}", "")
+}
+
+/// `template` for a permit slot: it also sets `slot_expires_at_ms` to `expiry`.
+fn for_slot(template: &str, expiry: &str) -> String {
+    template.replace(
+        "{slot_expiry}",
+        &format!(",\n    slot_expires_at_ms = {expiry}"),
+    )
+}
+
 impl Statements {
     pub(crate) fn new(dialect: Dialect) -> Statements {
         let mysql = dialect == Dialect::Mysql;
         let r = |template: &str| Statement::render(dialect, template);
+        let pick =
+            |mysql_text: &'static str, text: &'static str| r(if mysql { mysql_text } else { text });
         Statements {
             dialect,
-            acquire_mutex: r(if mysql {
-                ACQUIRE_MUTEX_MYSQL
-            } else {
-                ACQUIRE_MUTEX
-            }),
-            acquire_permit: r(if mysql {
-                ACQUIRE_PERMIT_MYSQL
-            } else {
-                ACQUIRE_PERMIT
-            }),
-            renew: r(if mysql { RENEW_MYSQL } else { RENEW }),
+            acquire_mutex: pick(ACQUIRE_MUTEX_MYSQL, ACQUIRE_MUTEX),
+            acquire_permit: pick(ACQUIRE_PERMIT_MYSQL, ACQUIRE_PERMIT),
+            regrant_permit: pick(REGRANT_PERMIT_MYSQL, REGRANT_PERMIT),
+            semaphore_state: r(SEMAPHORE_STATE),
+            renew_mutex: r(&for_mutex(if mysql { RENEW_MYSQL } else { RENEW })),
+            renew_permit: r(&for_slot(
+                if mysql { RENEW_MYSQL } else { RENEW },
+                "{now_ms} + $6",
+            )),
             select_by_key_version: r(SELECT_BY_KEY_VERSION),
             select_permit_by_version: r(SELECT_PERMIT_BY_VERSION),
-            release: r(RELEASE),
+            release_mutex: r(&for_mutex(RELEASE)),
+            release_permit: r(&for_slot(RELEASE, "{now_ms}")),
             release_delete: r(RELEASE_DELETE),
             release_delete_if_flagged: r(RELEASE_DELETE_IF_FLAGGED),
             get_mutex: r(GET_MUTEX),
             delete_mutex_with_version: r(DELETE_MUTEX_WITH_VERSION),
             delete_mutex_if_free: r(DELETE_MUTEX_IF_FREE),
-            upsert_semaphore: r(if mysql {
-                UPSERT_SEMAPHORE_MYSQL
-            } else {
-                UPSERT_SEMAPHORE
-            }),
-            retire_free_slots: r(RETIRE_FREE_SLOTS),
+            upsert_semaphore: pick(UPSERT_SEMAPHORE_MYSQL, UPSERT_SEMAPHORE),
+            lock_semaphore: r("SELECT max_size AS n FROM db_locks_semaphores \
+                WHERE tenant_id = $1 AND semaphore_key = $2 {for_update}"),
+            lock_slots: r(LOCK_SLOTS),
+            reap_retired: r(REAP_RETIRED),
+            live_retired_slots: r(LIVE_RETIRED_SLOTS),
+            free_active_slots: r(FREE_ACTIVE_SLOTS),
+            drop_free_slot: r(DROP_FREE_SLOT),
+            unretire_slot: r(UNRETIRE_SLOT),
             get_semaphore: r(&format!("{SELECT_SEMAPHORES} AND s.semaphore_key = $2")),
             list_semaphores: r(&format!("{SELECT_SEMAPHORES} ORDER BY s.semaphore_key")),
-            count_live_permits: r(COUNT_LIVE_PERMITS),
             delete_slots: r(
                 "DELETE FROM db_locks_mutexes WHERE tenant_id = $1 AND semaphore_key = $2",
             ),
             delete_semaphore: r(
                 "DELETE FROM db_locks_semaphores WHERE tenant_id = $1 AND semaphore_key = $2",
             ),
-            semaphore_mutexes: r("SELECT {cols} FROM db_locks_mutexes \
-                WHERE tenant_id = $1 AND semaphore_key = $2 ORDER BY slot_index"),
+            semaphore_mutexes: r(SEMAPHORE_MUTEXES),
             list_mutexes: r("SELECT {cols} FROM db_locks_mutexes \
                 WHERE tenant_id = $1 AND semaphore_key = '' ORDER BY mutex_key"),
         }
     }
 
-    /// Inserts the missing slots `first..first + count` of a semaphore; existing slots (held
-    /// or not) are left as they are. Params: $1 tenant, $2 semaphore key, then one key per slot.
-    pub(crate) fn insert_slots(&self, first: i64, count: i64) -> Statement {
-        let rows: Vec<String> = (0..count)
-            .map(|i| {
+    /// Inserts free slots with the given indexes (keys `<semaphore>_<index>`, which must not
+    /// exist). Params: $1 tenant, $2 semaphore key, then one key per slot.
+    pub(crate) fn insert_slots(&self, indexes: &[i64]) -> Statement {
+        let rows: Vec<String> = indexes
+            .iter()
+            .enumerate()
+            .map(|(i, index)| {
                 format!(
-                    "($1, $2, ${}, {}, '', {{now_us}}, 0, FALSE, {{now_ms}}, {{now_ms}}, {{now_ms}})",
+                    "($1, $2, ${}, {index}, '', {{now_us}}, 0, FALSE, FALSE, {{now_ms}}, {{now_ms}}, {{now_ms}}, {{now_ms}})",
                     i + 3,
-                    first + i
                 )
             })
             .collect();
-        let conflict = if self.dialect == Dialect::Mysql {
-            "ON DUPLICATE KEY UPDATE slot_index = slot_index"
-        } else {
-            "ON CONFLICT (tenant_id, semaphore_key, mutex_key) DO NOTHING"
-        };
         Statement::render(
             self.dialect,
             &format!(
                 "INSERT INTO db_locks_mutexes (tenant_id, semaphore_key, mutex_key, slot_index, version, \
-                 fencing_token, lease_duration_ms, locked, expires_at_ms, created_at_ms, updated_at_ms) \
-                 VALUES {} {conflict}",
+                 fencing_token, lease_duration_ms, locked, retired, expires_at_ms, slot_expires_at_ms, \
+                 created_at_ms, updated_at_ms) VALUES {}",
                 rows.join(", ")
             ),
+        )
+    }
+
+    /// `UPDATE` of the slots named by keys ($3, $4, ...): `set` is `retired = TRUE` or
+    /// `retired = FALSE`, or `DELETE` when `set` is `None`. Params: $1 tenant, $2 semaphore key,
+    /// then the keys.
+    pub(crate) fn slots_by_key(&self, set: Option<&str>, count: usize) -> Statement {
+        let keys: Vec<String> = (0..count).map(|i| format!("${}", i + 3)).collect();
+        let filter = format!(
+            "WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key IN ({})",
+            keys.join(", ")
+        );
+        Statement::render(
+            self.dialect,
+            &match set {
+                Some(set) => format!("UPDATE db_locks_mutexes SET {set} {filter}"),
+                None => format!("DELETE FROM db_locks_mutexes {filter}"),
+            },
         )
     }
 }
 
 // Invariant: at most one live holder per mutex. The row is written only when it is new, free
-// or expired by the server's clock, all in one statement; a busy row returns nothing.
+// or expired by the server's clock, all in one statement; a busy row returns nothing. A row
+// already held with this very version (an earlier attempt of the same acquire, whose reply was
+// lost) is re-granted in place: the lease restarts, the fencing token stays.
 // The fencing token grows by at least one per grant, and never falls below the server's clock
 // in microseconds, so it also grows across deletion of the row.
 const ACQUIRE_MUTEX: &str = "\
@@ -250,29 +307,32 @@ INSERT INTO db_locks_mutexes AS m (tenant_id, semaphore_key, mutex_key, slot_ind
 VALUES ($1, $2, $3, 0, $4, {now_us}, $5, $6, $7, TRUE, {now_ms} + $5, {now_ms}, {now_ms})
 ON CONFLICT (tenant_id, semaphore_key, mutex_key) DO UPDATE SET
     version = excluded.version,
-    fencing_token = {greatest}(m.fencing_token + 1, excluded.fencing_token),
+    fencing_token = CASE WHEN m.version = excluded.version AND m.locked = TRUE THEN m.fencing_token
+        ELSE {greatest}(m.fencing_token + 1, excluded.fencing_token) END,
     lease_duration_ms = excluded.lease_duration_ms,
     data = COALESCE(excluded.data, m.data),
     delete_on_release = excluded.delete_on_release,
     locked = TRUE,
     expires_at_ms = excluded.expires_at_ms,
     updated_at_ms = excluded.updated_at_ms
-WHERE m.locked = FALSE OR m.expires_at_ms <= {now_ms}
+WHERE m.locked = FALSE OR m.expires_at_ms <= {now_ms} OR m.version = excluded.version
 RETURNING {cols}";
 
-// MySQL has no conditional DO UPDATE, so every column is set through IF(<free>, new, old).
-// <free> reads `locked` and `expires_at_ms`, so those two are assigned last: MySQL assigns
-// left to right, and the conditions above must see the old values. `locked` then keys off the
-// version, which changed exactly when the grant happened. The caller reads the row back by
-// its key and the new version (`select_by_key_version`): found means granted. Cost: two
-// round trips, the second a primary-key lookup.
+// MySQL has no conditional DO UPDATE, so every column is set through IF(<granted>, new, old).
+// MySQL assigns left to right, and later conditions see the values assigned before them: the
+// fencing token goes first (it must tell a re-grant, which keeps it, from a fresh grant), then
+// the version, which changes exactly when this statement grants, and every later column keys
+// off `version = VALUES(version)`. The caller reads the row back by its key and the new version
+// (`select_by_key_version`): found means granted. Cost: two round trips, the second a
+// primary-key lookup.
 const ACQUIRE_MUTEX_MYSQL: &str = "\
 INSERT INTO db_locks_mutexes (tenant_id, semaphore_key, mutex_key, slot_index, version, fencing_token, \
     lease_duration_ms, data, delete_on_release, locked, expires_at_ms, created_at_ms, updated_at_ms)
 VALUES ($1, $2, $3, 0, $4, {now_us}, $5, $6, $7, TRUE, {now_ms} + $5, {now_ms}, {now_ms})
 ON DUPLICATE KEY UPDATE
-    version = IF(locked = FALSE OR expires_at_ms <= {now_ms}, VALUES(version), version),
-    fencing_token = IF(version = VALUES(version), GREATEST(fencing_token + 1, VALUES(fencing_token)), fencing_token),
+    fencing_token = IF(version = VALUES(version) AND locked = TRUE, fencing_token,
+        IF(locked = FALSE OR expires_at_ms <= {now_ms}, GREATEST(fencing_token + 1, VALUES(fencing_token)), fencing_token)),
+    version = IF(locked = FALSE OR expires_at_ms <= {now_ms} OR version = VALUES(version), VALUES(version), version),
     lease_duration_ms = IF(version = VALUES(version), VALUES(lease_duration_ms), lease_duration_ms),
     data = IF(version = VALUES(version), COALESCE(VALUES(data), data), data),
     delete_on_release = IF(version = VALUES(version), VALUES(delete_on_release), delete_on_release),
@@ -280,107 +340,176 @@ ON DUPLICATE KEY UPDATE
     expires_at_ms = IF(version = VALUES(version), VALUES(expires_at_ms), expires_at_ms),
     locked = IF(version = VALUES(version), TRUE, locked)";
 
-// Invariant: at most max_size live permits. A slot is granted only if it is free or expired,
-// its index is below max_size, and no retired slot (index >= max_size, left over from a
-// shrink) is still live. Retired slots are never granted again, so once they drain the live
-// count is bounded by the slots below max_size. PostgreSQL locks the chosen candidate with
-// SKIP LOCKED so concurrent acquirers take different slots; the outer WHERE re-checks that
-// the slot is still free once it is locked.
-// Cost: the subqueries on the semaphore row and on retired slots use only parameters, so
-// they run once per statement; the candidate scan and the retired check are ranges on the
-// slot-index index (the candidate scan stops at the first free slot, the retired check
-// starts past the last live slot index), and the update finds the slot again by primary
-// key, whatever max_size is.
-// Both subqueries name `semaphore_key <> ''` and `slot_index >= 0` (true of every slot), the
-// slot-index index's predicate, to be allowed to use it (see the migration). In the retired
-// check `slot_index >= 0` comes after `slot_index >= max_size`: of two lower bounds SQLite
-// ranges on the first it meets, and on `>= 0` it read every slot. The outer WHERE names
-// neither: finding the slot by index there, next to `slot_index >= 0`, SQLite again ranged
-// over every slot; by primary key it is one lookup everywhere.
+// Semaphore slots. Invariants (kept by every statement below and by `put_semaphore`):
+// * A semaphore of max_size N has exactly N active slots (retired = FALSE); a shrink marks
+//   slots it cannot drop yet (they are held) retired. A retired slot is never granted.
+// * A slot is live iff locked = TRUE and expires_at_ms > now. A slot that is not locked has
+//   expires_at_ms <= now (release and creation set it to now), so "free or expired" is
+//   `expires_at_ms <= now`: one range on the free-slot index (tenant_id, semaphore_key,
+//   retired, slot_expires_at_ms), whatever max_size and however many slots are busy.
+// * slot_expires_at_ms = expires_at_ms for every slot (every statement that writes one writes
+//   the other), and is NULL for plain mutexes, whose statements never write it: so the index
+//   over it costs mutex updates nothing, and PostgreSQL can still update mutex rows in place
+//   (HOT), which it cannot when an indexed column changes.
+// * A lease that ran out is never renewed (RENEW checks expiry), so a slot that is not live
+//   never becomes live again except through a grant.
+// Bound: a grant happens only while no retired slot is live, so every live permit is on an
+// active slot: at most N. While a retired slot is live, the slow path (in the store) pairs it
+// with a free active slot, deleting the free one and un-retiring the live one, which keeps N
+// active slots; grants resume as soon as fewer than N permits are live.
+
+// The fast path of a permit acquire: the free or expired active slot that was freed last, if
+// no retired slot is live. Last, not first: the scan starts at the live end of the index and
+// does not walk the dead entries that grants leave behind (PostgreSQL keeps them until
+// vacuum), which taking the oldest slot first did, growing with the number of slots.
+// PostgreSQL locks the candidate with SKIP LOCKED so concurrent acquirers take different
+// slots, and re-evaluates the candidate's conditions on its latest version when it locks it.
+// The outer WHERE re-checks that the slot is free on columns no index holds: naming the
+// indexed ones there, PostgreSQL found the slot again through the free-slot index (walking its
+// dead entries) instead of the primary key.
+// Cost: a range on the free-slot index (the candidate), a probe of the retired-slot index (the
+// live-retired check) and a primary-key update; a busy answer reads one entry of each index.
+// The candidate subquery names `semaphore_key <> ''`, the free-slot index's predicate
+// (PostgreSQL and SQLite index only slots there); the retired-slot index's is `retired = TRUE`.
 const ACQUIRE_PERMIT: &str = "\
 UPDATE db_locks_mutexes SET
     version = $3,
     fencing_token = {greatest}(fencing_token + 1, {now_us}),
     lease_duration_ms = {permit_lease},
     expires_at_ms = {now_ms} + {permit_lease},
+    slot_expires_at_ms = {now_ms} + {permit_lease},
     data = COALESCE($5, data),
     delete_on_release = FALSE,
     locked = TRUE,
     updated_at_ms = {now_ms}
-WHERE tenant_id = $1 AND semaphore_key = $2
-  AND (locked = FALSE OR expires_at_ms <= {now_ms})
+WHERE tenant_id = $1 AND semaphore_key = $2 AND (locked = FALSE OR expires_at_ms <= {now_ms})
   AND mutex_key = (
     SELECT s.mutex_key FROM db_locks_mutexes s
     WHERE s.tenant_id = $1 AND s.semaphore_key = $2 AND s.semaphore_key <> ''
-      AND s.slot_index >= 0 AND s.slot_index < {max_size}
-      AND (s.locked = FALSE OR s.expires_at_ms <= {now_ms})
-      AND NOT EXISTS (
-        SELECT 1 FROM db_locks_mutexes r
-        WHERE r.tenant_id = $1 AND r.semaphore_key = $2 AND r.semaphore_key <> ''
-          AND r.slot_index >= {max_size} AND r.slot_index >= 0
-          AND r.locked = TRUE AND r.expires_at_ms > {now_ms})
+      AND s.retired = FALSE AND s.slot_expires_at_ms <= {now_ms}
+      AND NOT {live_retired}
+    ORDER BY s.slot_expires_at_ms DESC
     LIMIT 1
     {skip_locked})
 RETURNING {cols}";
 
 // The same invariant as ACQUIRE_PERMIT. MySQL updates the first qualifying slot with
-// ORDER BY ... LIMIT 1 (InnoDB locks it); the retired-slot count sits in a derived table
-// with an aggregate, which MySQL materialises, because it cannot read the table it updates
-// in a plain subquery. LAST_INSERT_ID(slot_index) records the granted slot's index in the
-// session, so that `select_permit_by_version` finds that slot by index. It sits in the
-// assignment of delete_on_release (always FALSE: slot indexes are >= 0) rather than in one of
-// slot_index, so that the UPDATE assigns no column of the index it walks.
-// Cost: two round trips, each an index range or lookup of a few rows, whatever max_size is:
-// - FORCE INDEX walks the slot-index index and stops at the first free slot; left to
-//   itself, MariaDB reads every slot of the semaphore by primary key and sorts them.
-// - ORDER BY names the index's leading columns, though they are fixed by the WHERE: the
-//   parameters come in the connection's collation (utf8mb4_general_ci), not the keys'
-//   (utf8mb4_bin), so MariaDB does not count those columns as constant, and `ORDER BY
-//   slot_index` alone did not match the index order: it read every slot of the semaphore
-//   through the index and sorted them (slower than without FORCE INDEX).
-// - The retired-slot count joins the semaphore row by primary key, which MariaDB reads as a
-//   constant while planning, so `slot_index >= max_size` is a range on the slot-index index
-//   (past the last slot: empty). With max_size from a scalar subquery instead, it read every
-//   slot of the semaphore by primary key.
-// - That read takes shared locks (InnoDB locks what an UPDATE's subqueries read), so FORCE
-//   INDEX holds it to the range, too: had it read the live slots, an acquirer holding a shared
-//   lock on a busy slot and then asking for the exclusive one deadlocked with that slot's
-//   release (1 run in 10 of the conformance suite's semaphore contention case, where
-//   MariaDB read the 3 slots by primary key).
+// ORDER BY ... LIMIT 1 on the free-slot index (InnoDB locks it; a concurrent acquirer waits
+// for it, then reads it busy and moves on). Every ORDER BY column is DESC, so MariaDB walks
+// the index backwards from the most recently freed slot; with the fixed columns ascending and
+// the last descending it sorted every free slot instead. It assigns slot_expires_at_ms, a column of the index it
+// walks, so MariaDB buffers the rows it picked ("Using buffer"); with LIMIT 1 that is one.
+// The live-retired check sits in a derived table with an aggregate, which MySQL materialises,
+// because it cannot read the table it updates in a plain subquery.
+// LAST_INSERT_ID(slot_index) records the granted slot's index in the session, so that
+// `select_permit_by_version` finds that slot; it sits in the assignment of delete_on_release
+// (always FALSE: slot indexes are >= 0).
 const ACQUIRE_PERMIT_MYSQL: &str = "\
-UPDATE db_locks_mutexes FORCE INDEX (db_locks_mutexes_slot_index) SET
+UPDATE db_locks_mutexes FORCE INDEX (db_locks_mutexes_free_slots) SET
     version = $3,
     fencing_token = GREATEST(fencing_token + 1, {now_us}),
     lease_duration_ms = {permit_lease},
     expires_at_ms = {now_ms} + {permit_lease},
+    slot_expires_at_ms = {now_ms} + {permit_lease},
     data = COALESCE($5, data),
     delete_on_release = (LAST_INSERT_ID(slot_index) < 0),
     locked = TRUE,
     updated_at_ms = {now_ms}
-WHERE tenant_id = $1 AND semaphore_key = $2
-  AND (locked = FALSE OR expires_at_ms <= {now_ms})
-  AND slot_index < {max_size}
+WHERE tenant_id = $1 AND semaphore_key = $2 AND retired = FALSE AND slot_expires_at_ms <= {now_ms}
   AND (SELECT live.n FROM (
-        SELECT COUNT(*) AS n FROM db_locks_semaphores sem
-        JOIN db_locks_mutexes r FORCE INDEX (db_locks_mutexes_slot_index)
-          ON r.tenant_id = sem.tenant_id AND r.semaphore_key = sem.semaphore_key
-        WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2 AND r.slot_index >= sem.max_size
-          AND r.locked = TRUE AND r.expires_at_ms > {now_ms}) AS live) = 0
-ORDER BY tenant_id, semaphore_key, slot_index
+        SELECT COUNT(*) AS n FROM db_locks_mutexes r FORCE INDEX (db_locks_mutexes_free_slots)
+        WHERE r.tenant_id = $1 AND r.semaphore_key = $2 AND r.retired = TRUE
+          AND r.slot_expires_at_ms > {now_ms}) AS live) = 0
+ORDER BY tenant_id DESC, semaphore_key DESC, retired DESC, slot_expires_at_ms DESC
 LIMIT 1";
 
-// Invariant: only the current holder renews. Compare-and-set on the version; the new version
-// is accepted too, so a retry of a renewal whose reply was lost succeeds instead of
-// reporting the lease lost.
+// A retried permit acquire whose first attempt may have been granted (its reply was lost):
+// the slot held with this acquire's own version, if any, re-granted in place (the lease
+// restarts, the fencing token stays). Only after a failed attempt: with no index on the
+// version it reads every slot of the semaphore.
+const REGRANT_PERMIT: &str = "\
+UPDATE db_locks_mutexes SET
+    lease_duration_ms = {permit_lease},
+    expires_at_ms = {now_ms} + {permit_lease},
+    slot_expires_at_ms = {now_ms} + {permit_lease},
+    data = COALESCE($5, data),
+    updated_at_ms = {now_ms}
+WHERE tenant_id = $1 AND semaphore_key = $2 AND version = $3 AND locked = TRUE
+  AND expires_at_ms > {now_ms}
+RETURNING {cols}";
+
+const REGRANT_PERMIT_MYSQL: &str = "\
+UPDATE db_locks_mutexes SET
+    lease_duration_ms = {permit_lease},
+    expires_at_ms = {now_ms} + {permit_lease},
+    slot_expires_at_ms = {now_ms} + {permit_lease},
+    data = COALESCE($5, data),
+    delete_on_release = (LAST_INSERT_ID(slot_index) < 0),
+    updated_at_ms = {now_ms}
+WHERE tenant_id = $1 AND semaphore_key = $2 AND version = $3 AND locked = TRUE
+  AND expires_at_ms > {now_ms}";
+
+// Tells a busy semaphore from a missing one, and says whether the slow path may help (it has
+// retired slots). Cost: a primary-key lookup and one probe of the retired-slot index.
+const SEMAPHORE_STATE: &str = "\
+SELECT (SELECT COUNT(*) FROM (SELECT 1 AS one FROM db_locks_mutexes r
+        WHERE r.tenant_id = $1 AND r.semaphore_key = $2 AND r.retired = TRUE
+        LIMIT 1) AS any_retired) AS has_retired
+FROM db_locks_semaphores s WHERE s.tenant_id = $1 AND s.semaphore_key = $2";
+
+// Every slot of a semaphore, locked (resize and delete decide on all of them, under the lock
+// of the semaphore row), with the server's clock to judge liveness by.
+const LOCK_SLOTS: &str = "\
+SELECT mutex_key, slot_index, retired, locked, expires_at_ms, {now_ms} AS now_ms
+FROM db_locks_mutexes WHERE tenant_id = $1 AND semaphore_key = $2
+ORDER BY slot_index {for_update}";
+
+// A retired slot that is not live holds nobody and never will again: it goes.
+const REAP_RETIRED: &str = "\
+DELETE FROM db_locks_mutexes
+WHERE tenant_id = $1 AND semaphore_key = $2 AND retired = TRUE AND slot_expires_at_ms <= {now_ms}";
+
+// The slow path's view: the live retired slots, and (FREE_ACTIVE_SLOTS) as many free
+// active ones, to pair them with. Both locked: the pairing re-checks nothing else.
+const LIVE_RETIRED_SLOTS: &str = "\
+SELECT mutex_key, slot_index, retired, locked, expires_at_ms, {now_ms} AS now_ms
+FROM db_locks_mutexes
+WHERE tenant_id = $1 AND semaphore_key = $2 AND retired = TRUE AND slot_expires_at_ms > {now_ms}
+ORDER BY slot_index {for_update}";
+
+const FREE_ACTIVE_SLOTS: &str = "\
+SELECT mutex_key, slot_index, retired, locked, expires_at_ms, {now_ms} AS now_ms
+FROM db_locks_mutexes
+WHERE tenant_id = $1 AND semaphore_key = $2 AND semaphore_key <> ''
+  AND retired = FALSE AND slot_expires_at_ms <= {now_ms}
+ORDER BY slot_expires_at_ms LIMIT $3 {for_update}";
+
+// Pairing, half one: a free active slot goes (the other half un-retires a live retired slot in
+// its place, in the same transaction, so N active slots remain). Re-checks that it is free.
+const DROP_FREE_SLOT: &str = "\
+DELETE FROM db_locks_mutexes
+WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND retired = FALSE
+  AND slot_expires_at_ms <= {now_ms}";
+
+// Pairing, half two.
+const UNRETIRE_SLOT: &str = "\
+UPDATE db_locks_mutexes SET retired = FALSE
+WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND retired = TRUE";
+
+// Invariant: only the current holder renews, and only a lease that has not run out. Compare-
+// and-set on the version; the new version is accepted too, so a retry of a renewal whose
+// reply was lost succeeds instead of reporting the lease lost. An expired lease is not
+// renewed even if nobody took it over: for a permit, the slot may already have been counted
+// free (a shrink, a grant of another slot), and bringing it back would exceed max_size.
 const RENEW: &str = "\
 UPDATE db_locks_mutexes SET
     version = $5,
     lease_duration_ms = $6,
-    expires_at_ms = {now_ms} + $6,
+    expires_at_ms = {now_ms} + $6{slot_expiry},
     data = COALESCE($7, data),
     updated_at_ms = {now_ms}
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3
-  AND locked = TRUE AND version IN ($4, $5)
+  AND locked = TRUE AND version IN ($4, $5) AND expires_at_ms > {now_ms}
 RETURNING {cols}";
 
 // As RENEW; read back with `select_by_key_version` on the new version.
@@ -388,51 +517,52 @@ const RENEW_MYSQL: &str = "\
 UPDATE db_locks_mutexes SET
     version = $5,
     lease_duration_ms = $6,
-    expires_at_ms = {now_ms} + $6,
+    expires_at_ms = {now_ms} + $6{slot_expiry},
     data = COALESCE($7, data),
     updated_at_ms = {now_ms}
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3
-  AND locked = TRUE AND version IN ($4, $5)";
+  AND locked = TRUE AND version IN ($4, $5) AND expires_at_ms > {now_ms}";
 
 // MySQL's read-back after a conditional write: the row carries the new version only if this
 // write granted it (versions are never reused), so found means granted.
-// Cost: a primary-key lookup. (By version alone it read every mutex of the tenant, or every
-// slot of the semaphore: no index has the version.)
+// Cost: a primary-key lookup.
 const SELECT_BY_KEY_VERSION: &str = "\
 SELECT {cols} FROM db_locks_mutexes
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version = $4 AND locked = TRUE";
 
-// As SELECT_BY_KEY_VERSION, for a permit: the slot is the one ACQUIRE_PERMIT_MYSQL recorded
+// As SELECT_BY_KEY_VERSION, for a permit: the slot is the one the permit statement recorded
 // with LAST_INSERT_ID on this connection. If that statement granted nothing, LAST_INSERT_ID()
-// still holds an earlier value, but no slot carries this attempt's new version: not granted.
-// Cost: a lookup on the slot-index index.
+// still holds an earlier value, but no slot carries this attempt's version: not granted.
+// Cost: a lookup on the slot-index index (MySQL keeps it for this).
 const SELECT_PERMIT_BY_VERSION: &str = "\
 SELECT {cols} FROM db_locks_mutexes
 WHERE tenant_id = $1 AND semaphore_key = $2 AND slot_index = LAST_INSERT_ID() AND version = $3
   AND locked = TRUE";
 
-// Invariant: only the current holder releases (compare-and-set on the version). The row and
-// its fencing token stay, so the next grant's token is higher.
-// Cost, here and in RENEW: a primary-key lookup. Neither names `slot_index >= 0`, so neither
-// can take the partial slot-index index (see the migration).
+// Invariant: only the current holder releases (compare-and-set on the version, or on the new
+// version of a renewal whose outcome the holder does not know). The row and its fencing token
+// stay, so the next grant's token is higher. expires_at_ms = now keeps "not locked implies
+// expired" (the free-slot index relies on it).
 const RELEASE: &str = "\
 UPDATE db_locks_mutexes SET
     locked = FALSE,
-    data = COALESCE($5, data),
-    expires_at_ms = {now_ms},
+    data = COALESCE($6, data),
+    expires_at_ms = {now_ms}{slot_expiry},
     updated_at_ms = {now_ms}
-WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version = $4 AND locked = TRUE";
+WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version IN ($4, $5)
+  AND locked = TRUE";
 
 // Invariant: only the current holder deletes on release. The next grant re-creates the row
 // with a fencing token from the server clock, above every earlier token.
 const RELEASE_DELETE: &str = "\
 DELETE FROM db_locks_mutexes
-WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version = $4 AND locked = TRUE";
+WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version IN ($4, $5)
+  AND locked = TRUE";
 
 const RELEASE_DELETE_IF_FLAGGED: &str = "\
 DELETE FROM db_locks_mutexes
-WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version = $4 AND locked = TRUE
-  AND delete_on_release = TRUE";
+WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version IN ($4, $5)
+  AND locked = TRUE AND delete_on_release = TRUE";
 
 const GET_MUTEX: &str = "\
 SELECT {cols} FROM db_locks_mutexes WHERE tenant_id = $1 AND semaphore_key = '' AND mutex_key = $2";
@@ -465,13 +595,7 @@ ON DUPLICATE KEY UPDATE
     lease_duration_ms = VALUES(lease_duration_ms),
     updated_at_ms = VALUES(updated_at_ms)";
 
-// Shrinking: free slots beyond the new size go at once; held ones stay until released or
-// expired (ACQUIRE_PERMIT never grants them, and the next resize removes them).
-const RETIRE_FREE_SLOTS: &str = "\
-DELETE FROM db_locks_mutexes
-WHERE tenant_id = $1 AND semaphore_key = $2 AND slot_index >= $3
-  AND (locked = FALSE OR expires_at_ms <= {now_ms})";
-
+// busy_count: live permits, retired slots included (a report: it reads every slot).
 const SELECT_SEMAPHORES: &str = "\
 SELECT s.tenant_id, s.semaphore_key, s.version, s.max_size, s.lease_duration_ms,
     (SELECT COUNT(*) FROM db_locks_mutexes m
@@ -480,9 +604,12 @@ SELECT s.tenant_id, s.semaphore_key, s.version, s.max_size, s.lease_duration_ms,
 FROM db_locks_semaphores s
 WHERE s.tenant_id = $1";
 
-const COUNT_LIVE_PERMITS: &str = "\
-SELECT COUNT(*) AS n FROM db_locks_mutexes
-WHERE tenant_id = $1 AND semaphore_key = $2 AND locked = TRUE AND expires_at_ms > {now_ms}";
+// The active slots, and the retired ones while they are live.
+const SEMAPHORE_MUTEXES: &str = "\
+SELECT {cols} FROM db_locks_mutexes
+WHERE tenant_id = $1 AND semaphore_key = $2
+  AND (retired = FALSE OR (locked = TRUE AND expires_at_ms > {now_ms}))
+ORDER BY slot_index";
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,7 @@
+DROP INDEX IF EXISTS db_locks_mutexes_retired_slots;
+DROP INDEX IF EXISTS db_locks_mutexes_free_slots;
+CREATE INDEX IF NOT EXISTS db_locks_mutexes_slot_index
+    ON db_locks_mutexes (tenant_id, semaphore_key, slot_index)
+    WHERE semaphore_key <> '' AND slot_index >= 0;
+ALTER TABLE db_locks_mutexes DROP COLUMN slot_expires_at_ms;
+ALTER TABLE db_locks_mutexes DROP COLUMN retired;
