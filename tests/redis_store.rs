@@ -37,6 +37,7 @@ fn acquire<'a>(
         lease_ms,
         data: None,
         delete_on_release: false,
+        retry: false,
     }
 }
 
@@ -156,6 +157,7 @@ fn sub_second_permit_expires_on_time() {
         semaphore_key: Some(&key),
         key: &crashed.mutex_key,
         version: &crashed.version,
+        in_doubt_version: None,
         data: None,
         delete: None,
     };
@@ -320,6 +322,7 @@ fn scripts_are_reloaded_after_a_script_flush() {
             semaphore_key: None,
             key: &key,
             version: &lock.version,
+            in_doubt_version: None,
             data: None,
             delete: Some(true),
         })
@@ -343,6 +346,7 @@ fn shrinking_retires_held_slots_when_released() {
             .unwrap()
         })
         .collect();
+    let first_tokens: Vec<i64> = permits.iter().map(|p| p.fencing_token()).collect();
     m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
         .unwrap();
     // All three slots are listed while held; the retired ones go once released.
@@ -357,7 +361,11 @@ fn shrinking_retires_held_slots_when_released() {
         .unwrap();
     let slots = m.get_semaphore_mutexes(&key).unwrap();
     assert_eq!(slots.len(), 3);
-    assert!(slots.iter().all(|s| s.fencing_token == 1), "{slots:?}");
+    let mut shown: Vec<i64> = slots.iter().map(|s| s.fencing_token).collect();
+    let mut expected = first_tokens.clone();
+    shown.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(shown, expected, "each slot shows its last token: {slots:?}");
     let again: Vec<_> = (0..3)
         .map(|_| {
             m.acquire_permit(
@@ -368,7 +376,8 @@ fn shrinking_retires_held_slots_when_released() {
             .unwrap()
         })
         .collect();
-    assert!(again.iter().all(|p| p.fencing_token() == 2));
+    let highest = first_tokens.iter().max().unwrap();
+    assert!(again.iter().all(|p| p.fencing_token() > *highest));
 }
 
 #[test]
@@ -413,5 +422,54 @@ fn a_silent_server_times_out() {
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
         started.elapsed()
+    );
+}
+
+/// Fencing tokens never go backwards when the counters are lost (a restart without
+/// persistence, a failover to a replica that missed them, a FLUSHALL): a token is at least the
+/// server's clock in microseconds. The counters of this test's keys are deleted to stand in
+/// for the loss, so the shared server is not flushed under the other tests.
+#[test]
+fn fencing_tokens_survive_the_loss_of_their_counters() {
+    let tenant = unique("t-redis-fence");
+    let m = B.manager(&tenant);
+    let (key, sem) = (unique("fence"), unique("fence-sem"));
+    m.create_semaphore(&SemaphoreBuilder::new(&sem, 1).build())
+        .unwrap();
+    let opts = |key: &str, permit: bool| {
+        AcquireLockOptionsBuilder::new(key)
+            .with_requires_semaphore(permit)
+            .with_lease_duration_secs(10)
+            .build()
+    };
+    let mut last = (0, 0);
+    for _ in 0..3 {
+        let lock = m.acquire_lock(&opts(&key, false)).unwrap();
+        let permit = m.acquire_lock(&opts(&sem, true)).unwrap();
+        assert!(lock.fencing_token > last.0 && permit.fencing_token > last.1);
+        last = (lock.fencing_token, permit.fencing_token);
+        assert!(m.release_lock(&lock.to_release_options()).unwrap());
+        assert!(m.release_lock(&permit.to_release_options()).unwrap());
+    }
+    let mut raw = raw();
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(format!("db-locks:{{{tenant}}}:m:{key}:fence"))
+        .arg(format!("db-locks:{{{tenant}}}:s:{sem}:fence"))
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(deleted, 2, "the counters are where the key layout says");
+    let lock = m.acquire_lock(&opts(&key, false)).unwrap();
+    let permit = m.acquire_lock(&opts(&sem, true)).unwrap();
+    assert!(
+        lock.fencing_token > last.0,
+        "mutex token went back from {} to {}",
+        last.0,
+        lock.fencing_token
+    );
+    assert!(
+        permit.fencing_token > last.1,
+        "permit token went back from {} to {}",
+        last.1,
+        permit.fencing_token
     );
 }

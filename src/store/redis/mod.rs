@@ -593,6 +593,7 @@ impl LockStore for RedisStore {
                 .arg(req.lease_ms.max(0))
                 .arg(flag(req.data.is_some()))
                 .arg(req.data.unwrap_or(""))
+                .arg(flag(req.retry))
                 .invoke(c)
         })?;
         if reply == Value::Int(-1) {
@@ -662,6 +663,7 @@ impl LockStore for RedisStore {
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
         let has_data = flag(req.data.is_some());
         let data = req.data.unwrap_or("");
+        let in_doubt = req.in_doubt_version.unwrap_or(req.version);
         let released: i64 = match req.semaphore_key {
             None => {
                 let k = self.keys.mutex(req.tenant_id, req.key);
@@ -681,6 +683,7 @@ impl LockStore for RedisStore {
                         .arg(mode)
                         .arg(has_data)
                         .arg(data)
+                        .arg(in_doubt)
                         .invoke(c)
                 })?
             }
@@ -701,6 +704,7 @@ impl LockStore for RedisStore {
                         .arg(req.version)
                         .arg(has_data)
                         .arg(data)
+                        .arg(in_doubt)
                         .invoke(c)
                 })?
             }

@@ -8,9 +8,38 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The server's clock in microseconds (about 1.8e15: exact in Lua's doubles, below 2^53).
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
 -- An integer as plain decimal text (tostring switches to exponent notation past 14 digits).
 local function int(x)
   return string.format('%d', x)
+end
+
+-- The next fencing token of a counter kept in string `key` (or, with `field`, in that field of
+-- hash `key`): one more than the last one, and never below the server's clock in
+-- microseconds. So tokens keep growing when the counter is lost (a restart without
+-- persistence, a failover to a replica that missed it, a flush), unless the clock steps back.
+local function next_token(key, field)
+  local token
+  if field then
+    token = redis.call('HINCRBY', key, field, 1)
+  else
+    token = redis.call('INCR', key)
+  end
+  local floor = now_us()
+  if token < floor then
+    token = floor
+    if field then
+      redis.call('HSET', key, field, int(token))
+    else
+      redis.call('SET', key, int(token))
+    end
+  end
+  return token
 end
 
 -- The fields of one permit slot in the semaphore's `slots` hash: `<index>:<name>`.

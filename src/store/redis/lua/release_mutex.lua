@@ -1,11 +1,12 @@
 -- KEYS: 1 record, 2 lock, 3 the tenant's mutex index.
 -- ARGV: 1 mutex key, 2 version, 3 'delete' | 'keep' | 'flag' (as delete_on_release says),
---       4 '1' if ARGV[5] is new data.
+--       4 '1' if ARGV[5] is new data, 6 the new version of a renewal in doubt (or ARGV[2]).
 --
--- Invariant: only the current holder releases (compare-and-set on the version). The
--- fencing counter is not touched, so the next grant's token is higher, also after a delete.
+-- Invariant: only the current holder releases (compare-and-set on the version, or on the new
+-- version of a renewal whose outcome the holder does not know). The fencing counter is not
+-- touched, so the next grant's token is higher, also after a delete.
 local rec = redis.call('HMGET', KEYS[1], 'version', 'locked', 'delete_on_release')
-if rec[2] ~= '1' or rec[1] ~= ARGV[2] then
+if rec[2] ~= '1' or (rec[1] ~= ARGV[2] and rec[1] ~= ARGV[6]) then
   return 0
 end
 redis.call('DEL', KEYS[2])
