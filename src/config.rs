@@ -95,8 +95,14 @@ pub struct LocksConfig {
     pub dynamodb_mutex_table: String,
     /// `ddb`: table of semaphores.
     pub dynamodb_semaphore_table: String,
-    /// `ddb`: take over an expired lock by trusting its stored expiry plus this allowance for
-    /// clock skew, instead of watching its version for a whole lease. `None`: the safe default.
+    /// `ddb`: besides watching a held lock's version for a whole lease (which needs no clock but
+    /// takes a lease of watching), take over a lock whose stored expiry (its holder's wall clock
+    /// plus the lease) is more than this many milliseconds in the past on this machine's wall
+    /// clock. This is what lets a try-once caller take over a lock whose holder crashed. Safe
+    /// while every machine's clock is within this bound of every other's. Default: 60 000
+    /// (one minute). `None`: never compare clocks (a process then takes over only a lock it has
+    /// watched for a whole lease); in a TOML file, write `"off"`.
+    #[serde(deserialize_with = "millis_or_off")]
     pub dynamodb_trust_expiry_with_skew_ms: Option<u64>,
 }
 
@@ -121,8 +127,27 @@ impl Default for LocksConfig {
             dynamodb_region: None,
             dynamodb_mutex_table: "db_locks_mutexes".into(),
             dynamodb_semaphore_table: "db_locks_semaphores".into(),
-            dynamodb_trust_expiry_with_skew_ms: None,
+            dynamodb_trust_expiry_with_skew_ms: Some(60_000),
         }
+    }
+}
+
+/// A number of milliseconds, or `"off"` for `None` (TOML has no null).
+fn millis_or_off<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum MillisOrOff {
+        Millis(u64),
+        Word(String),
+    }
+    match MillisOrOff::deserialize(deserializer)? {
+        MillisOrOff::Millis(ms) => Ok(Some(ms)),
+        MillisOrOff::Word(w) if w.eq_ignore_ascii_case("off") => Ok(None),
+        MillisOrOff::Word(w) => Err(serde::de::Error::custom(format!(
+            "expected a number of milliseconds or \"off\", not \"{w}\""
+        ))),
     }
 }
 
@@ -269,6 +294,17 @@ mod tests {
         assert!(matches!(err, LockError::Config(_)), "{err}");
         let err = LocksConfig::from_toml_str("no_such_setting = 1").unwrap_err();
         assert!(err.to_string().contains("no_such_setting"), "{err}");
+    }
+
+    #[test]
+    fn clock_skew_bound_can_be_turned_off() {
+        let c = LocksConfig::from_toml_str("").unwrap();
+        assert_eq!(c.dynamodb_trust_expiry_with_skew_ms, Some(60_000));
+        let c = LocksConfig::from_toml_str("dynamodb_trust_expiry_with_skew_ms = 500").unwrap();
+        assert_eq!(c.dynamodb_trust_expiry_with_skew_ms, Some(500));
+        let c = LocksConfig::from_toml_str("dynamodb_trust_expiry_with_skew_ms = \"off\"").unwrap();
+        assert_eq!(c.dynamodb_trust_expiry_with_skew_ms, None);
+        assert!(LocksConfig::from_toml_str("dynamodb_trust_expiry_with_skew_ms = \"x\"").is_err());
     }
 
     #[test]

@@ -52,6 +52,17 @@ impl Key {
         }
     }
 
+    /// The key of `item` (of either table).
+    pub(super) fn mutex_of(item: &Item) -> Result<Key> {
+        match (get_s(item, PK), get_s(item, SK)) {
+            (Some(pk), Some(sk)) => Ok(Key {
+                pk: pk.to_owned(),
+                sk: sk.to_owned(),
+            }),
+            _ => Err(malformed("pk/sk", item)),
+        }
+    }
+
     /// A semaphore, in the semaphore table.
     pub(super) fn semaphore(tenant_id: &str, semaphore_key: &str) -> Key {
         Key {
@@ -106,6 +117,11 @@ impl Params {
             AttributeValue::Ns(values.iter().map(i64::to_string).collect()),
         );
         self
+    }
+
+    /// Whether a value named `name` is set.
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.values.contains_key(name)
     }
 
     pub(super) fn set(&mut self, name: &str, value: AttributeValue) {

@@ -109,8 +109,8 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 use parking_lot::Mutex;
@@ -235,11 +235,10 @@ impl DynamoDbStore {
                     .into(),
             ));
         }
-        let takeover = match config.dynamodb_trust_expiry_with_skew_ms {
-            Some(skew) => Takeover::TrustExpiry {
-                skew_ms: skew.min(i64::MAX as u64 / 2) as i64,
-            },
-            None => Takeover::WatchVersion,
+        let takeover = Takeover {
+            skew_ms: config
+                .dynamodb_trust_expiry_with_skew_ms
+                .map(|skew| skew.min(i64::MAX as u64 / 2) as i64),
         };
         let store = DynamoDbStore {
             runtime: Some(runtime),
@@ -302,8 +301,8 @@ impl DynamoDbStore {
 
     /// Writes a grant (`update` under `condition`) to the mutex table and reads the outcome:
     /// the granted record, or `None` when the item is held, which the watcher then notes for
-    /// a later takeover. A rejection that shows our own version is our own grant, whose first
-    /// reply was lost and which the SDK retried.
+    /// a later takeover. A rejection that shows the item held with our own version is our own
+    /// grant, made by an earlier attempt whose reply was lost: it is re-granted in place.
     fn write_grant(
         &self,
         key: &Key,
@@ -311,7 +310,7 @@ impl DynamoDbStore {
         condition: &str,
         params: &Params,
         version: &str,
-    ) -> Result<Option<MutexLock>> {
+    ) -> Result<Option<Item>> {
         match self.update(
             &self.mutex_table,
             key,
@@ -322,7 +321,7 @@ impl DynamoDbStore {
         )? {
             Written::Done(Some(item)) => {
                 self.watcher.own_write(key, &item);
-                Ok(Some(to_mutex(&item)?))
+                Ok(Some(item))
             }
             Written::Done(None) => Err(LockError::Store(
                 "DynamoDB UpdateItem returned no attributes".into(),
@@ -330,8 +329,7 @@ impl DynamoDbStore {
             Written::Rejected(Some(item))
                 if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(version) =>
             {
-                self.watcher.own_write(key, &item);
-                Ok(Some(to_mutex(&item)?))
+                self.regrant(key, version, params)
             }
             Written::Rejected(item) => {
                 if let Some(item) = item {
@@ -339,6 +337,37 @@ impl DynamoDbStore {
                 }
                 Ok(None)
             }
+        }
+    }
+
+    /// Restarts the lease of a grant held with `version`, keeping its fencing token: a retry
+    /// that found its own earlier grant. `params` are the grant's (`:rvn`, `:lease`, `:expires`,
+    /// and `:data` if it sets data). The new rvn restarts the watch of every waiter, whose
+    /// observation of the earlier rvn began before our lease (counted from this retry) did.
+    fn regrant(&self, key: &Key, version: &str, params: &Params) -> Result<Option<Item>> {
+        let mut update =
+            "SET #rvn = :rvn, #lease_duration_ms = :lease, #expires_at_ms = :expires".to_owned();
+        if params.has(":data") {
+            update.push_str(", #data = :data");
+        }
+        let params = params.clone().s(":version", version).b(":true", true);
+        // Invariant: only a grant held with this version is restarted, and never a free one.
+        match self.update(
+            &self.mutex_table,
+            key,
+            &update,
+            Some("#locked = :true AND #version = :version"),
+            &params,
+            ReturnValue::AllNew,
+        )? {
+            Written::Done(Some(item)) => {
+                self.watcher.own_write(key, &item);
+                Ok(Some(item))
+            }
+            Written::Done(None) => Err(LockError::Store(
+                "DynamoDB UpdateItem returned no attributes".into(),
+            )),
+            Written::Rejected(_) => Ok(None),
         }
     }
 
@@ -398,48 +427,6 @@ impl DynamoDbStore {
             .run(fut)?
             .map_err(|e| self.sdk_error(table, "GetItem", e))?;
         Ok(out.item)
-    }
-
-    /// Strongly consistent `BatchGetItem`s of `keys` (missing items are left out).
-    fn get_many(&self, table: &str, keys: &[Key]) -> Result<Vec<Item>> {
-        let mut found = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut pending: Vec<Item> = chunk.iter().map(Key::to_item).collect();
-            let mut rounds = 0u32;
-            while !pending.is_empty() {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(pending))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| LockError::Store(format!("DynamoDB BatchGetItem: {e}")))?;
-                let fut = self
-                    .client
-                    .batch_get_item()
-                    .request_items(table, request)
-                    .send();
-                let out = self
-                    .run(fut)?
-                    .map_err(|e| self.sdk_error(table, "BatchGetItem", e))?;
-                if let Some(items) = out.responses.and_then(|mut r| r.remove(table)) {
-                    found.extend(items);
-                }
-                pending = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-                if !pending.is_empty() {
-                    rounds += 1;
-                    if rounds > 8 {
-                        return Err(LockError::Unavailable(format!(
-                            "DynamoDB BatchGetItem on table `{table}` left keys unprocessed (throttled)"
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(10 << rounds.min(6)));
-                }
-            }
-        }
-        Ok(found)
     }
 
     /// A strongly consistent `Query` of partition `pk`, all pages, in sort key order.
@@ -562,21 +549,29 @@ impl DynamoDbStore {
 
     // ----- mutexes ----------------------------------------------------------------------
 
-    /// Marks a held record free. Returns whether it was held with `version`.
-    fn mark_free(&self, key: &Key, version: &str, data: Option<&str>) -> Result<bool> {
+    /// Marks a held record free. Returns whether it was held with `version` or `in_doubt`.
+    fn mark_free(
+        &self,
+        key: &Key,
+        version: &str,
+        in_doubt: Option<&str>,
+        data: Option<&str>,
+    ) -> Result<bool> {
         let mut params = Params::new()
             .b(":true", true)
             .b(":false", false)
             .s(":version", version)
+            .s(":in_doubt", in_doubt.unwrap_or(version))
             .n(":now", now_ms());
         let mut update = "SET #locked = :false, #expires_at_ms = :now".to_owned();
         if let Some(d) = data {
             update.push_str(", #data = :data");
             params = params.s(":data", d);
         }
-        // Invariant: only the current holder releases (compare-and-set on the version). The
-        // item and its fencing token stay, so the next grant's token is higher.
-        let condition = "#locked = :true AND #version = :version";
+        // Invariant: only the current holder releases (compare-and-set on the version, or on the
+        // new version of a renewal whose outcome the holder does not know). The item and its
+        // fencing token stay, so the next grant's token is higher.
+        let condition = "#locked = :true AND #version IN (:version, :in_doubt)";
         let written = self.update(
             &self.mutex_table,
             key,
@@ -748,96 +743,186 @@ impl DynamoDbStore {
         }
     }
 
-    /// Drops free slots from the semaphore's `retired` set (freeing held ones whose lease is
-    /// provably over). Returns whether none of them is still held.
+    /// Settles the semaphore's `retired` positions (at or above `max_size`, possibly held):
+    /// a slot there that is free, or whose holder's lease is provably over (then freed), leaves
+    /// the set; a slot there that may still be live swaps positions with a free active slot, if
+    /// there is one, so that it counts against `max_size` in that slot's place. Returns whether
+    /// no retired position is still held, i.e. whether permits may be granted.
+    /// Cost (only while a shrink drains): a `Query` of the slots, a write per slot settled.
     fn drain_retired(&self, info: &mut SemaphoreInfo) -> Result<bool> {
         if info.retired.is_empty() {
             return Ok(true);
         }
         let (tenant_id, key) = (info.tenant_id.clone(), info.semaphore_key.clone());
-        let keys: Vec<Key> = info
-            .retired
-            .iter()
-            .map(|&i| Key::mutex(&tenant_id, Some(&key), &slot_key(&key, i)))
-            .collect();
-        let items = self.get_many(&self.mutex_table, &keys)?;
-        let by_index: std::collections::HashMap<i64, &Item> = items
-            .iter()
-            .filter_map(|item| get_n(item, SLOT_INDEX).map(|i| (i, item)))
-            .collect();
-        let mut free = Vec::new();
-        let mut held = false;
-        for (&index, slot) in info.retired.iter().zip(&keys) {
-            let Some(item) = by_index.get(&index) else {
-                free.push(index);
+        let slots = self.slots(&tenant_id, &key)?;
+        let at = |position: i64| slots.iter().find(|(i, _)| *i == position).map(|(_, s)| s);
+        let mut settled = Vec::new();
+        let mut held = Vec::new();
+        for &position in &info.retired {
+            let Some(item) = at(position) else {
+                settled.push(position);
                 continue;
             };
-            if !get_bool(item, LOCKED) {
-                free.push(index);
-                continue;
-            }
-            self.watcher.observe(slot, item);
-            let mut params = Params::new()
-                .b(":true", true)
-                .b(":false", false)
-                .n(":now", now_ms());
-            let Some(takeover) = self.watcher.takeover_clause(slot, &mut params) else {
-                held = true;
-                continue;
-            };
-            // Invariant: a retired slot is freed only once its holder's lease is provably over
-            // (the takeover rule of a grant); a late renewal then finds it free and fails.
-            let condition = format!("#locked = :true AND ({takeover})");
-            match self.update(
-                &self.mutex_table,
-                slot,
-                "SET #locked = :false, #expires_at_ms = :now",
-                Some(&condition),
-                &params,
-                ReturnValue::None,
-            )? {
-                Written::Done(_) => {
-                    self.watcher.forget(slot);
-                    free.push(index);
-                }
-                Written::Rejected(Some(item)) if get_bool(&item, LOCKED) => {
-                    self.watcher.observe(slot, &item);
-                    held = true;
-                }
-                Written::Rejected(_) => free.push(index),
+            if !get_bool(item, LOCKED) || self.free_lapsed_slot(item)? {
+                settled.push(position);
+            } else {
+                held.push((position, item));
             }
         }
-        if !free.is_empty() {
+        // Free active slots to swap with: not locked at all (a lapsed one is freed by a grant).
+        let mut free_active: Vec<(i64, &Item)> = slots
+            .iter()
+            .filter(|(i, item)| *i < info.max_size && !get_bool(item, LOCKED))
+            .map(|(i, item)| (*i, item))
+            .collect();
+        free_active.shuffle(&mut rand::rng());
+        let mut still_held = false;
+        for (position, item) in held {
+            let Some((free_position, free_item)) = free_active.pop() else {
+                still_held = true;
+                continue;
+            };
+            if self.swap_positions(info, (position, item), (free_position, free_item))? {
+                settled.push(position);
+            } else {
+                still_held = true;
+            }
+        }
+        if !settled.is_empty() {
             let params = Params::new()
-                .ns(":free", &free)
+                .ns(":settled", &settled)
                 .s(":version", info.version.as_str());
-            // Invariant: only slots seen free leave `retired`, and only under the semaphore
-            // version that retired them (a resize in between computed its own set).
+            // Invariant: only positions seen settled leave `retired`, and only under the
+            // semaphore version that retired them (a resize in between computed its own set).
             let written = self.update(
                 &self.semaphore_table,
                 &Key::semaphore(&tenant_id, &key),
-                "DELETE #retired :free",
+                "DELETE #retired :settled",
                 Some("#version = :version"),
                 &params,
                 ReturnValue::None,
             )?;
             if matches!(written, Written::Done(_)) {
-                info.retired.retain(|i| !free.contains(i));
+                info.retired.retain(|i| !settled.contains(i));
                 self.cache_semaphore(&tenant_id, &key, Some(info));
             }
         }
-        Ok(!held)
+        Ok(!still_held)
     }
 
-    /// Tries to grant slot `index`. `Ok(None)`: busy (or missing, or not below `max_size`).
+    /// Frees a held slot whose holder's lease is provably over (the takeover rule of a grant);
+    /// a late renewal then finds it free and fails. Returns whether it is free now.
+    fn free_lapsed_slot(&self, item: &Item) -> Result<bool> {
+        let slot = Key::mutex_of(item)?;
+        self.watcher.observe(&slot, item);
+        let mut params = Params::new()
+            .b(":true", true)
+            .b(":false", false)
+            .n(":now", now_ms());
+        let Some(takeover) = self.watcher.takeover_clause(&slot, &mut params) else {
+            return Ok(false);
+        };
+        let condition = format!("#locked = :true AND ({takeover})");
+        match self.update(
+            &self.mutex_table,
+            &slot,
+            "SET #locked = :false, #expires_at_ms = :now",
+            Some(&condition),
+            &params,
+            ReturnValue::None,
+        )? {
+            Written::Done(_) => {
+                self.watcher.forget(&slot);
+                Ok(true)
+            }
+            Written::Rejected(Some(item)) if get_bool(&item, LOCKED) => {
+                self.watcher.observe(&slot, &item);
+                Ok(false)
+            }
+            Written::Rejected(_) => Ok(true),
+        }
+    }
+
+    /// Swaps the positions of a held retired slot and a free active one, in one transaction
+    /// that also checks the semaphore's version. Afterwards the held slot is active (its holder
+    /// keeps its key, version and token) and the free one is retired. Returns whether it
+    /// happened (a grant of the free slot, a release, or a resize in between cancels it).
+    ///
+    /// Invariant: the positions stay a permutation of `0..slot_count`, so exactly `max_size`
+    /// slots are below `max_size`. A grant conditions on the slot's position server-side
+    /// (`#slot_index < :max`), so it cannot take the free slot once it has moved up.
+    fn swap_positions(
+        &self,
+        info: &SemaphoreInfo,
+        (held_position, held): (i64, &Item),
+        (free_position, free): (i64, &Item),
+    ) -> Result<bool> {
+        use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem, Update};
+        let build_error =
+            |e: aws_sdk_dynamodb::error::BuildError| LockError::Store(format!("DynamoDB: {e}"));
+        let move_to = |item: &Item, from: i64, to: i64, extra: &str| -> Result<TransactWriteItem> {
+            let condition = format!("#slot_index = :from{extra}");
+            let update = "SET #slot_index = :to";
+            let params = Params::new()
+                .n(":from", from)
+                .n(":to", to)
+                .b(":false", false);
+            let exprs = [update, condition.as_str()];
+            let op = Update::builder()
+                .table_name(&self.mutex_table)
+                .set_key(Some(Key::mutex_of(item)?.to_item()))
+                .update_expression(update)
+                .condition_expression(&condition)
+                .set_expression_attribute_names(Params::names_for(&exprs))
+                .set_expression_attribute_values(params.values_for(&exprs))
+                .build()
+                .map_err(build_error)?;
+            Ok(TransactWriteItem::builder().update(op).build())
+        };
+        let check_condition = "#version = :version";
+        let check_params = Params::new().s(":version", info.version.as_str());
+        let check = ConditionCheck::builder()
+            .table_name(&self.semaphore_table)
+            .set_key(Some(
+                Key::semaphore(&info.tenant_id, &info.semaphore_key).to_item(),
+            ))
+            .condition_expression(check_condition)
+            .set_expression_attribute_names(Params::names_for(&[check_condition]))
+            .set_expression_attribute_values(check_params.values_for(&[check_condition]))
+            .build()
+            .map_err(build_error)?;
+        let fut = self
+            .client
+            .transact_write_items()
+            .transact_items(move_to(held, held_position, free_position, "")?)
+            .transact_items(move_to(
+                free,
+                free_position,
+                held_position,
+                " AND #locked = :false",
+            )?)
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .send();
+        match self.run(fut)? {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(service))
+                if service.err().code() == Some("TransactionCanceledException") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.sdk_error(&self.mutex_table, "TransactWriteItems", e)),
+        }
+    }
+
+    /// Tries to grant slot `slot` (an item key). `Ok(None)`: busy, missing, or not at a
+    /// position below `max_size`. Returns the granted slot's position with the record.
     fn try_slot(
         &self,
         req: &AcquireRequest<'_>,
         info: &SemaphoreInfo,
-        index: i64,
+        slot: &Key,
         lease_ms: i64,
-    ) -> Result<Option<MutexLock>> {
-        let key = Key::mutex(req.tenant_id, Some(req.key), &slot_key(req.key, index));
+    ) -> Result<Option<(i64, MutexLock)>> {
         let now = now_ms();
         let mut params = Params::new()
             .s(":version", req.version)
@@ -856,21 +941,27 @@ impl DynamoDbStore {
             params = params.s(":data", d);
         }
         update.push_str(" ADD #fencing_token :one");
-        // Invariant: at most max_size live permits. A slot is granted only if it exists, lies
-        // below the max_size the caller read, and is free or its holder's lease is provably
-        // over; the caller then checks that the semaphore did not change meanwhile.
+        // Invariant: at most max_size live permits. A slot is granted only if it exists, its
+        // position lies below the max_size the caller read, and it is free or its holder's
+        // lease is provably over; the caller then checks that the semaphore did not change
+        // meanwhile.
         let mut condition =
             "attribute_exists(#pk) AND #slot_index < :max AND (#locked = :false".to_owned();
-        if let Some(takeover) = self.watcher.takeover_clause(&key, &mut params) {
+        if let Some(takeover) = self.watcher.takeover_clause(slot, &mut params) {
             condition.push_str(" OR ");
             condition.push_str(takeover);
         }
         condition.push(')');
-        self.write_grant(&key, &update, &condition, &params, req.version)
+        let Some(item) = self.write_grant(slot, &update, &condition, &params, req.version)? else {
+            return Ok(None);
+        };
+        let position = get_n(&item, SLOT_INDEX)
+            .ok_or_else(|| LockError::Store(format!("slot `{}` has no position", slot.sk)))?;
+        Ok(Some((position, to_mutex(&item)?)))
     }
 
-    /// Grants a slot below `info.max_size`: a couple of random probes, then a read of all slots
-    /// to find the free ones. Returns the slot index with the record.
+    /// Grants a slot at a position below `info.max_size`: a couple of random probes, then a
+    /// read of all slots to find the free ones. Returns the slot's position with the record.
     fn grant_slot(
         &self,
         req: &AcquireRequest<'_>,
@@ -884,30 +975,60 @@ impl DynamoDbStore {
         let mut rng = rand::rng();
         let start = rng.random_range(0..size);
         let probes = (PROBES as i64).min(size);
+        // Probes by name: a slot's position is its number unless a shrink swapped it, and a
+        // slot that has moved up fails the position condition.
         for p in 0..probes {
-            let index = (start + p * (size / probes).max(1)) % size;
-            if let Some(lock) = self.try_slot(req, info, index, lease_ms)? {
-                return Ok(Some((index, lock)));
+            let number = (start + p * (size / probes).max(1)) % size;
+            let slot = Key::mutex(req.tenant_id, Some(req.key), &slot_key(req.key, number));
+            if let Some(granted) = self.try_slot(req, info, &slot, lease_ms)? {
+                return Ok(Some(granted));
             }
-        }
-        if probes == size {
-            return Ok(None);
         }
         let mut candidates = Vec::new();
-        for (index, item) in self.slots(req.tenant_id, req.key)? {
-            if index >= size {
+        for (position, item) in self.slots(req.tenant_id, req.key)? {
+            if position >= size {
                 continue;
             }
-            let key = Key::mutex(req.tenant_id, Some(req.key), &slot_key(req.key, index));
-            if get_bool(&item, LOCKED) && self.watcher.may_be_live(&key, &item) {
+            let slot = Key::mutex_of(&item)?;
+            if get_bool(&item, LOCKED) && self.watcher.may_be_live(&slot, &item) {
                 continue;
             }
-            candidates.push(index);
+            candidates.push(slot);
         }
         candidates.shuffle(&mut rng);
-        for index in candidates {
-            if let Some(lock) = self.try_slot(req, info, index, lease_ms)? {
-                return Ok(Some((index, lock)));
+        for slot in candidates {
+            if let Some(granted) = self.try_slot(req, info, &slot, lease_ms)? {
+                return Ok(Some(granted));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A retry's own permit: the slot held with `req.version` (an earlier attempt granted it,
+    /// but its reply was lost), re-granted in place. Reads every slot: retries only.
+    fn own_permit(
+        &self,
+        req: &AcquireRequest<'_>,
+        info: &SemaphoreInfo,
+    ) -> Result<Option<MutexLock>> {
+        let lease_ms = if req.lease_ms > 0 {
+            req.lease_ms
+        } else {
+            info.lease_ms
+        };
+        for (_, item) in self.slots(req.tenant_id, req.key)? {
+            if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(req.version) {
+                let mut params = Params::new()
+                    .s(":rvn", uuid::Uuid::new_v4().to_string())
+                    .n(":lease", lease_ms)
+                    .n(":expires", now_ms().saturating_add(lease_ms));
+                if let Some(d) = req.data {
+                    params = params.s(":data", d);
+                }
+                return self
+                    .regrant(&Key::mutex_of(&item)?, req.version, &params)?
+                    .map(|item| to_mutex(&item))
+                    .transpose();
             }
         }
         Ok(None)
@@ -955,7 +1076,9 @@ impl LockStore for DynamoDbStore {
             condition.push_str(" OR ");
             condition.push_str(takeover);
         }
-        self.write_grant(&key, &update, &condition, &params, req.version)
+        self.write_grant(&key, &update, &condition, &params, req.version)?
+            .map(|item| to_mutex(&item))
+            .transpose()
     }
 
     fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
@@ -971,11 +1094,17 @@ impl LockStore for DynamoDbStore {
                 .read_semaphore(tenant_id, key)?
                 .ok_or_else(|| Self::not_found(key))?,
         };
+        if req.retry {
+            if let Some(own) = self.own_permit(req, &info)? {
+                return Ok(Some(own));
+            }
+        }
         for _ in 0..PERMIT_ROUNDS {
             if info.deleting {
                 return Ok(None);
             }
-            // No permit while a slot retired by a shrink may still be held.
+            // No permit while a slot retired by a shrink may still be held (after it has been
+            // swapped with any free active slot there is).
             if !self.drain_retired(&mut info)? {
                 return Ok(None);
             }
@@ -1013,7 +1142,7 @@ impl LockStore for DynamoDbStore {
                 return Ok(Some(lock));
             }
             let slot = Key::mutex(tenant_id, Some(key), &lock.mutex_key);
-            if let Err(e) = self.mark_free(&slot, &lock.version, None) {
+            if let Err(e) = self.mark_free(&slot, &lock.version, None, None) {
                 log::warn!(
                     "db-locks: could not undo a permit of `{key}` granted during a resize; it \
                      stays busy until its lease ends: {e}"
@@ -1033,6 +1162,7 @@ impl LockStore for DynamoDbStore {
             .s(":rvn", uuid::Uuid::new_v4().to_string())
             .n(":lease", req.lease_ms)
             .n(":expires", now.saturating_add(req.lease_ms))
+            .n(":now", now)
             .b(":true", true);
         let mut update = "SET #version = :new_version, #rvn = :rvn, #lease_duration_ms = :lease, \
             #expires_at_ms = :expires"
@@ -1041,10 +1171,15 @@ impl LockStore for DynamoDbStore {
             update.push_str(", #data = :data");
             params = params.s(":data", d);
         }
-        // Invariant: only the current holder renews (compare-and-set on the version). The new
-        // version is accepted too, so retrying a renewal whose reply was lost succeeds; the rvn
-        // changes even then, so a watcher never takes a renewed lease for an abandoned one.
-        let condition = "#locked = :true AND #version IN (:version, :new_version)";
+        // Invariant: only the current holder renews (compare-and-set on the version), and only a
+        // lease that has not run out. The new version is accepted too, so retrying a renewal
+        // whose reply was lost succeeds; the rvn changes even then, so a watcher never takes a
+        // renewed lease for an abandoned one. "Run out" is judged on the renewer's clock
+        // against the expiry the holder wrote: for a guard that is its own clock. A lapsed
+        // permit may already have been counted free (a retired slot drained, another granted),
+        // and bringing it back could make more than max_size permits live.
+        let condition =
+            "#locked = :true AND #version IN (:version, :new_version) AND #expires_at_ms > :now";
         match self.update(
             &self.mutex_table,
             &key,
@@ -1077,26 +1212,34 @@ impl LockStore for DynamoDbStore {
         } else {
             req.delete
         };
-        let params = || Params::new().s(":version", req.version);
+        let in_doubt = req.in_doubt_version;
+        let params = || {
+            Params::new()
+                .s(":version", req.version)
+                .s(":in_doubt", in_doubt.unwrap_or(req.version))
+        };
+        let held = "#locked = :true AND #version IN (:version, :in_doubt)";
         match delete {
-            Some(false) => self.mark_free(&key, req.version, req.data),
+            Some(false) => self.mark_free(&key, req.version, in_doubt, req.data),
             // Invariant: only the current holder deletes on release (compare-and-set on the
             // version); the tombstone keeps the fencing token.
             Some(true) => Ok(matches!(
-                self.tombstone(&key, "#locked = :true AND #version = :version", params())?,
+                self.tombstone(&key, held, params())?,
                 Written::Done(_)
             )),
             // As the record's own flag says: delete if it asks for it, else mark it free.
             None => match self.tombstone(
                 &key,
-                "#locked = :true AND #version = :version AND #delete_on_release = :true",
+                &format!("{held} AND #delete_on_release = :true"),
                 params(),
             )? {
                 Written::Done(_) => Ok(true),
                 Written::Rejected(Some(item))
-                    if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(req.version) =>
+                    if get_bool(&item, LOCKED)
+                        && get_s(&item, VERSION)
+                            .is_some_and(|v| v == req.version || Some(v) == in_doubt) =>
                 {
-                    self.mark_free(&key, req.version, req.data)
+                    self.mark_free(&key, req.version, in_doubt, req.data)
                 }
                 Written::Rejected(_) => Ok(false),
             },

@@ -1,17 +1,19 @@
 //! When a waiter may take over a lease that still looks held: DynamoDB has no clock of its own.
 //!
-//! * [`Takeover::WatchVersion`] (the default, after the AWS DynamoDB lock client): every grant
-//!   and renewal writes a fresh record version number (`rvn`). A waiter remembers the `rvn` it
-//!   saw and when it saw it, on its own monotonic clock. Once the same `rvn` has stayed for a
-//!   whole lease (the lease stored in the record), the holder cannot still hold it: it counts its
-//!   lease from before it sent the write that produced that `rvn`, and every renewal changes the
-//!   `rvn`. The takeover is then a write conditioned on that very `rvn`. No two clocks are
-//!   compared; a newcomer waits one lease before its first takeover.
-//! * [`Takeover::TrustExpiry`]: trusts the `expires_at_ms` the holder wrote (its wall clock plus
-//!   the lease) plus an allowance for clock skew. Takeover is immediate once that time has passed
-//!   on the waiter's wall clock, but two clocks further apart than the allowance can let two
-//!   holders overlap.
-
+//! Two rules, either of which allows a takeover:
+//! * **Watching** (after the AWS DynamoDB lock client): every grant and renewal writes a fresh
+//!   record version number (`rvn`). A waiter remembers the `rvn` it saw and when it saw it, on
+//!   its own monotonic clock. Once the same `rvn` has stayed for a whole lease (the lease stored
+//!   in the record), the holder cannot still hold it: it counts its lease from before it sent
+//!   the write that produced that `rvn`, and every renewal changes the `rvn`. The takeover is
+//!   then a write conditioned on that very `rvn`. No two clocks are compared; but a process that
+//!   has not watched the lock for a lease (a fresh try-once process) cannot use this rule.
+//! * **Stored expiry, with a bound on clock skew** (`dynamodb_trust_expiry_with_skew_ms`,
+//!   default one minute; `None` turns the rule off): the `expires_at_ms` the holder wrote (its
+//!   wall clock plus the lease) is more than the bound in the past on the waiter's wall clock.
+//!   Safe as long as the two clocks are within the bound of each other; it is what lets a
+//!   try-once caller take over a lock abandoned by a crashed holder, once the lease plus the
+//!   bound have passed.
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -21,13 +23,12 @@ use super::item::{
     get_bool, get_n, get_s, Item, Key, Params, EXPIRES_AT_MS, LEASE_DURATION_MS, LOCKED, RVN,
 };
 
-/// How a waiter decides that a lease that still looks held is over.
+/// How a waiter decides that a lease that still looks held is over: watching always, and the
+/// stored expiry too when a clock-skew bound is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Takeover {
-    /// Same `rvn` unchanged for a whole lease, on the waiter's monotonic clock.
-    WatchVersion,
-    /// Stored `expires_at_ms` plus this many milliseconds, on the waiter's wall clock.
-    TrustExpiry { skew_ms: i64 },
+pub(super) struct Takeover {
+    /// The stored `expires_at_ms` plus this many milliseconds, on the waiter's wall clock.
+    pub(super) skew_ms: Option<i64>,
 }
 
 /// Above this many remembered records, old observations are dropped.
@@ -107,48 +108,50 @@ impl Watcher {
     }
 
     /// The condition clause under which a write may take over the held record `key`, adding
-    /// its values to `params`; `None` while the holder may still hold it.
+    /// its values to `params`; `None` while no rule allows it yet.
     pub(super) fn takeover_clause(&self, key: &Key, params: &mut Params) -> Option<&'static str> {
-        match self.mode {
-            Takeover::WatchVersion => {
-                let seen = self.seen.lock();
-                let s = seen.get(key).filter(|s| s.lease_is_over())?;
-                params.set(
-                    ":watched_rvn",
-                    aws_sdk_dynamodb::types::AttributeValue::S(s.rvn.clone()),
-                );
-                // The record still carries the rvn seen a whole lease ago: never renewed since.
-                Some("#rvn = :watched_rvn")
-            }
-            Takeover::TrustExpiry { skew_ms } => {
-                params.set(
-                    ":expired_before",
-                    aws_sdk_dynamodb::types::AttributeValue::N((now_ms() - skew_ms).to_string()),
-                );
-                // The holder's own clock put the end of its lease more than the skew ago.
-                Some("#expires_at_ms < :expired_before")
-            }
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let watched = {
+            let seen = self.seen.lock();
+            seen.get(key)
+                .filter(|s| s.lease_is_over())
+                .map(|s| s.rvn.clone())
+        };
+        if let Some(rvn) = &watched {
+            params.set(":watched_rvn", AttributeValue::S(rvn.clone()));
+        }
+        if let Some(skew_ms) = self.mode.skew_ms {
+            params.set(
+                ":expired_before",
+                AttributeValue::N(now_ms().saturating_sub(skew_ms).to_string()),
+            );
+        }
+        // Watching: the record still carries the rvn seen a whole lease ago, never renewed
+        // since. Expiry: the holder's own clock put the end of its lease more than the bound ago.
+        match (watched.is_some(), self.mode.skew_ms.is_some()) {
+            (true, true) => Some("(#rvn = :watched_rvn OR #expires_at_ms < :expired_before)"),
+            (true, false) => Some("#rvn = :watched_rvn"),
+            (false, true) => Some("#expires_at_ms < :expired_before"),
+            (false, false) => None,
         }
     }
 
     /// Whether the holder of `item` may still hold it, for decisions (deleting a mutex or a
-    /// semaphore). Notes the observation first.
+    /// semaphore, freeing a retired slot). Notes the observation first.
     pub(super) fn may_be_live(&self, key: &Key, item: &Item) -> bool {
         if !get_bool(item, LOCKED) {
             return false;
         }
-        match self.mode {
-            Takeover::WatchVersion => {
-                self.observe(key, item);
-                let seen = self.seen.lock();
-                !seen
-                    .get(key)
-                    .is_some_and(|s| Some(s.rvn.as_str()) == get_s(item, RVN) && s.lease_is_over())
-            }
-            Takeover::TrustExpiry { skew_ms } => {
-                get_n(item, EXPIRES_AT_MS).unwrap_or(i64::MAX) >= now_ms() - skew_ms
-            }
-        }
+        self.observe(key, item);
+        let watched_over = self
+            .seen
+            .lock()
+            .get(key)
+            .is_some_and(|s| Some(s.rvn.as_str()) == get_s(item, RVN) && s.lease_is_over());
+        let expired = self.mode.skew_ms.is_some_and(|skew_ms| {
+            get_n(item, EXPIRES_AT_MS).unwrap_or(i64::MAX) < now_ms().saturating_sub(skew_ms)
+        });
+        !(watched_over || expired)
     }
 }
 
@@ -182,7 +185,7 @@ mod tests {
 
     #[test]
     fn takeover_needs_the_same_rvn_for_a_whole_lease() {
-        let w = Watcher::new(Takeover::WatchVersion);
+        let w = Watcher::new(Takeover { skew_ms: None });
         let key = Key::mutex("t", None, "k");
         let mut p = Params::new();
         assert!(w.takeover_clause(&key, &mut p).is_none(), "never seen");
@@ -201,7 +204,9 @@ mod tests {
 
     #[test]
     fn trusting_expiry_compares_wall_clocks() {
-        let w = Watcher::new(Takeover::TrustExpiry { skew_ms: 1_000 });
+        let w = Watcher::new(Takeover {
+            skew_ms: Some(1_000),
+        });
         let key = Key::mutex("t", None, "k");
         let mut held = item("a", 50, true);
         held.insert(
@@ -214,6 +219,10 @@ mod tests {
             AttributeValue::N((now_ms() - 5_000).to_string()),
         );
         assert!(!w.may_be_live(&key, &held));
-        assert!(w.takeover_clause(&key, &mut Params::new()).is_some());
+        assert_eq!(
+            w.takeover_clause(&key, &mut Params::new()),
+            Some("#expires_at_ms < :expired_before"),
+            "a fresh process, which has watched nothing, may take over by expiry"
+        );
     }
 }
