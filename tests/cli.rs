@@ -945,6 +945,54 @@ fn semaphore_limits_concurrent_runs(backend: Backend) {
     );
 }
 
+/// `heartbeat --new-version` makes a renewal safe to retry after a timeout: the same command
+/// run twice succeeds both times, with the named version.
+fn heartbeat_new_version_retries(backend: Backend) {
+    let ctx = Ctx::new(backend);
+    let key = unique("renew-retry");
+    let lock = ctx.json(&["acquire", "-k", &key, "-l", "30"]);
+    let renew = [
+        "heartbeat",
+        "-k",
+        &key,
+        "-v",
+        s(&lock["version"]),
+        "--new-version",
+        "retry-2",
+    ];
+    for _ in 0..2 {
+        let renewed = ctx.json(&renew);
+        assert_eq!(s(&renewed["version"]), "retry-2");
+        assert_eq!(renewed["fencing_token"], lock["fencing_token"]);
+    }
+    // Another new version with the old version is refused: the lease moved on.
+    ctx.expect(
+        &[
+            "heartbeat",
+            "-k",
+            &key,
+            "-v",
+            s(&lock["version"]),
+            "--new-version",
+            "retry-3",
+        ],
+        3,
+    );
+    ctx.expect(
+        &[
+            "heartbeat",
+            "-k",
+            &key,
+            "-v",
+            "retry-2",
+            "--new-version",
+            "bad version",
+        ],
+        2,
+    );
+    ctx.expect(&["release", "-k", &key, "-v", "retry-2"], 0);
+}
+
 macro_rules! store_cases {
     ($backend:expr) => {
         use super::*;
@@ -988,6 +1036,10 @@ macro_rules! store_cases {
         fn semaphore_limits_concurrent_runs() {
             super::semaphore_limits_concurrent_runs($backend)
         }
+        #[test]
+        fn heartbeat_new_version_retries() {
+            super::heartbeat_new_version_retries($backend)
+        }
     };
 }
 
@@ -999,6 +1051,49 @@ mod sqlite {
 #[cfg(feature = "postgres")]
 mod postgres {
     store_cases!(Backend::Postgres);
+
+    /// A store error while waiting is retried within the wait: here the server terminates the
+    /// waiting command's connection (as an administrator or a failover would), and the command
+    /// still gets the lock once its holder's lease ends.
+    #[test]
+    fn terminated_connection_during_a_wait_is_retried() {
+        let ctx = Ctx::new(Backend::Postgres);
+        let key = unique("terminated");
+        ctx.json(&["acquire", "-k", &key, "-l", "3"]);
+        let app = unique("dbl-waiter").replace('-', "_");
+        let url = format!("{}?application_name={app}", ctx.url);
+        let mut cmd = ctx.base_cmd();
+        cmd.arg("-c")
+            .arg(&ctx.config)
+            .args(["rdb", "--database-url", &url, "-t", &ctx.tenant])
+            .args(["acquire", "-k", &key, "-l", "10", "-w", "20", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let waiter = cmd.spawn().unwrap();
+        // Terminate the waiter's connections a few times while it waits.
+        let mut terminated = 0;
+        while started.elapsed() < Duration::from_millis(2_500) {
+            std::thread::sleep(Duration::from_millis(400));
+            let out = Command::new("psql")
+                .args([&ctx.url, "-tAc"])
+                .arg(format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = '{app}'"
+                ))
+                .output()
+                .expect("psql");
+            terminated += String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<i32>()
+                .unwrap_or(0);
+        }
+        assert!(terminated > 0, "no connection of the waiter was terminated");
+        let out = waiter.wait_with_output().unwrap();
+        expect_code(&out, 0, &["acquire", "-w", "20"]);
+        assert!(started.elapsed() >= Duration::from_millis(2_500));
+    }
 }
 
 #[cfg(feature = "mysql")]
@@ -1021,6 +1116,53 @@ mod dynamodb {
 #[cfg(feature = "sqlite")]
 mod usage {
     use super::*;
+
+    /// Nothing a user types may panic: the password scan walks arguments by character.
+    #[test]
+    fn unicode_arguments_never_panic() {
+        let ctx = Ctx::new(Backend::Sqlite);
+        let out = ctx.expect(&["acquire", "-k", "x", "-d", "詳細https://example.com"], 0);
+        assert!(stdout(&out).contains("x"));
+        let out = ctx.expect(&["run", "-k", "y", "--", "echo", "café://x"], 0);
+        assert_eq!(stdout(&out), "café://x\n");
+        let out = ctx.expect(&["run", "-k", "ü://ä:ö@ß", "--", "true"], 0);
+        assert!(!stderr(&out).contains("panicked"));
+    }
+
+    /// A heartbeat period that cannot keep a lease (here 2.8 s for 3 s) is refused up front.
+    #[test]
+    fn unworkable_heartbeat_period_is_a_usage_error() {
+        let ctx = Ctx::new(Backend::Sqlite);
+        let config = ctx.path("slow-heartbeat.toml");
+        std::fs::write(&config, "heartbeat_period_ms = 2800\n").unwrap();
+        let mut cmd = ctx.base_cmd();
+        cmd.arg("-c").arg(&config).args(ctx.store_args()).args([
+            "-t",
+            &ctx.tenant,
+            "run",
+            "-k",
+            "slow",
+            "-l",
+            "3",
+            "--",
+            "sleep",
+            "4",
+        ]);
+        let started = Instant::now();
+        let out = exec(cmd);
+        expect_code(&out, 2, &["run", "-l", "3"]);
+        assert!(
+            stderr(&out).contains("heartbeat period"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the command ran"
+        );
+        // Nothing stayed held.
+        ctx.expect(&["acquire", "-k", "slow", "-w", "0"], 0);
+    }
 
     #[test]
     fn help_and_version() {

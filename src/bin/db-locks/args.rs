@@ -214,6 +214,12 @@ pub struct HeartbeatArgs {
     /// Replace the stored data
     #[arg(short, long, value_name = "DATA")]
     pub data: Option<String>,
+
+    /// The version the renewal writes [default: a new random one]. Naming it makes a retry
+    /// safe: if the heartbeat timed out, run the same command again; it succeeds whether or
+    /// not the first one reached the store
+    #[arg(long, value_name = "VERSION")]
+    pub new_version: Option<String>,
 }
 
 #[derive(Debug, Args)]

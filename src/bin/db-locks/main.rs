@@ -13,7 +13,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use db_locks::{
     validate_key, AcquireLockOptions, AcquireLockOptionsBuilder, ErrorKind, LockError, LockManager,
-    LocksConfig, MutexLock, Provider, ReleaseLockOptionsBuilder, SemaphoreBuilder,
+    LocksConfig, MutexLock, Provider, Redactor, ReleaseLockOptionsBuilder, SemaphoreBuilder,
     SendHeartbeatOptionsBuilder, MAX_SEMAPHORE_SIZE,
 };
 use serde_json::json;
@@ -61,44 +61,6 @@ impl From<LockError> for Exit {
     }
 }
 
-/// Passwords that must never be printed: those of every URL on the command line, in the
-/// URL environment variables and in the config file.
-#[derive(Default)]
-struct Secrets(Vec<String>);
-
-impl Secrets {
-    fn add_text(&mut self, text: &str) {
-        for token in text.split(|c: char| c.is_whitespace() || "\"'`,;()[]{}<>".contains(c)) {
-            let Some(start) = token.find("://") else {
-                continue;
-            };
-            let scheme_start = token[..start]
-                .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-                .map_or(0, |i| i + 1);
-            if let Some(pw) = url::Url::parse(&token[scheme_start..])
-                .ok()
-                .and_then(|u| u.password().map(str::to_owned))
-            {
-                let decoded = url::form_urlencoded::parse(format!("p={pw}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned());
-                self.0.extend(decoded.filter(|d| !d.is_empty() && *d != pw));
-                if !pw.is_empty() {
-                    self.0.push(pw);
-                }
-            }
-        }
-    }
-
-    fn clean(&self, msg: &str) -> String {
-        let mut msg = msg.to_owned();
-        for secret in &self.0 {
-            msg = msg.replace(secret.as_str(), "***");
-        }
-        msg
-    }
-}
-
 fn main() {
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -110,13 +72,15 @@ fn main() {
         eprintln!("db-locks: internal error: {}", one_line(&msg));
     }));
 
-    let mut secrets = Secrets::default();
+    // Passwords that must never be printed: those of every URL on the command line, in the
+    // URL environment variables and in the config file.
+    let mut secrets = Redactor::default();
     for arg in std::env::args_os() {
-        secrets.add_text(&arg.to_string_lossy());
+        secrets.add_urls_in(&arg.to_string_lossy());
     }
     for var in ["DATABASE_URL", "REDIS_URL", "AWS_ENDPOINT_URL_DYNAMODB"] {
         if let Some(v) = std::env::var_os(var) {
-            secrets.add_text(&v.to_string_lossy());
+            secrets.add_urls_in(&v.to_string_lossy());
         }
     }
 
@@ -151,7 +115,7 @@ fn main() {
         Ok(Ok(code)) => code,
         Ok(Err(exit)) => {
             if !exit.message.is_empty() {
-                eprintln!("db-locks: {}", secrets.clean(&one_line(&exit.message)));
+                eprintln!("db-locks: {}", secrets.clean(one_line(&exit.message)));
             }
             exit.code
         }
@@ -197,12 +161,12 @@ fn build_config(
     global: &GlobalOpts,
     provider: Option<Provider>,
     matches: &ArgMatches,
-    secrets: &mut Secrets,
+    secrets: &mut Redactor,
 ) -> Result<LocksConfig, Exit> {
     let mut config = match &global.config {
         Some(path) => {
             if let Ok(text) = std::fs::read_to_string(path) {
-                secrets.add_text(&text);
+                secrets.add_urls_in(&text);
             }
             LocksConfig::from_toml_file(path)?
         }
@@ -264,7 +228,7 @@ fn preflight(command: &Command) -> Result<(), LockError> {
     keys.into_iter().try_for_each(validate_key)
 }
 
-fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, Exit> {
+fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Redactor) -> Result<u8, Exit> {
     preflight(&cli.command)?;
     let config = build_config(
         &cli.global,
@@ -301,13 +265,9 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
             }
             let opts = opts.build();
             let wait = default_wait(&manager, &opts, a.wait)?;
-            let lock = waiting::acquire(
-                &opts,
-                wait,
-                || awaited(&manager, &opts),
-                |o| manager.try_acquire_lock(o),
-                |o| manager.acquire_lock(o),
-            )?;
+            let lock = waiting::acquire(&opts, wait, awaited(&manager, &opts), |o| {
+                manager.acquire_lock(o)
+            })?;
             let printed = print_lock(&lock);
             if printed.is_err() {
                 // Nobody learnt the version: give the lease back rather than strand it.
@@ -326,6 +286,9 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
             }
             if let Some(data) = &a.data {
                 opts = opts.with_data(data);
+            }
+            if let Some(new_version) = &a.new_version {
+                opts = opts.with_new_version(new_version);
             }
             let lock = manager.send_heartbeat(&opts.build())?;
             print_lock(&lock)
@@ -476,21 +439,13 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Secrets) -> Result<u8, 
             let opts = opts.build();
             let wait = default_wait(&manager, &opts, a.wait)?;
             let held = if a.semaphore {
-                waiting::acquire(
-                    &opts,
-                    wait,
-                    || awaited(&manager, &opts),
-                    |o| Ok(manager.try_acquire_permit(o)?.map(run::Held::Permit)),
-                    |o| manager.acquire_permit(o).map(run::Held::Permit),
-                )?
+                waiting::acquire(&opts, wait, awaited(&manager, &opts), |o| {
+                    manager.acquire_permit(o).map(run::Held::Permit)
+                })?
             } else {
-                waiting::acquire(
-                    &opts,
-                    wait,
-                    || awaited(&manager, &opts),
-                    |o| Ok(manager.try_lock(o)?.map(run::Held::Mutex)),
-                    |o| manager.lock(o).map(run::Held::Mutex),
-                )?
+                waiting::acquire(&opts, wait, awaited(&manager, &opts), |o| {
+                    manager.lock(o).map(run::Held::Mutex)
+                })?
             };
             run::run(held, a, manager.tenant_id())
         }
@@ -541,8 +496,16 @@ fn default_wait(
         .unwrap_or(Duration::from_millis(manager.config().default_lease_ms)))
 }
 
-/// What `acquire` or `run` waits for, for the progress line.
-fn awaited(manager: &LockManager, opts: &AcquireLockOptions) -> String {
+/// What `acquire` or `run` waits for, for the progress line (read when it is shown).
+fn awaited(
+    manager: &LockManager,
+    opts: &AcquireLockOptions,
+) -> impl FnOnce() -> String + Send + 'static {
+    let (manager, opts) = (manager.clone(), opts.clone());
+    move || describe_awaited(&manager, &opts)
+}
+
+fn describe_awaited(manager: &LockManager, opts: &AcquireLockOptions) -> String {
     let tenant = manager.tenant_id();
     if opts.requires_semaphore {
         let size = manager
