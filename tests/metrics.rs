@@ -67,3 +67,45 @@ fn operations_and_guards_are_counted() {
         .expect("wait histogram registered");
     assert_eq!(waits.get_metric()[0].get_histogram().get_sample_count(), 1);
 }
+
+/// Two managers on one registry count into the same series: one cycle each shows 2 grants and
+/// 2 releases, not 1 (the second manager's counts used to go to collectors nobody exported).
+#[test]
+fn managers_on_one_registry_share_their_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LocksConfig::new("metrics-shared")
+        .with_database_url(dir.path().join("m.sqlite").display().to_string());
+    let registry = Registry::new();
+    let first = LockManager::with_registry(&config, &registry).unwrap();
+    let second = LockManager::with_registry(&config, &registry.clone()).unwrap();
+    let elsewhere = LockManager::with_registry(&config, &Registry::new()).unwrap();
+    for (i, manager) in [&first, &second, &elsewhere].into_iter().enumerate() {
+        let opts = AcquireLockOptionsBuilder::new(format!("shared-{i}"))
+            .with_lease_duration_secs(10)
+            .build();
+        manager.lock(&opts).unwrap().release().unwrap();
+    }
+    let granted = [
+        ("store", "sqlite"),
+        ("op", "acquire_mutex"),
+        ("outcome", "granted"),
+    ];
+    let released = [("store", "sqlite"), ("op", "release"), ("outcome", "ok")];
+    assert_eq!(
+        counter(&registry, "db_locks_operations_total", &granted),
+        2.0
+    );
+    assert_eq!(
+        counter(&registry, "db_locks_operations_total", &released),
+        2.0
+    );
+    assert_eq!(
+        counter(elsewhere.registry(), "db_locks_operations_total", &granted),
+        1.0
+    );
+    // No probe is left behind in either registry.
+    assert!(registry
+        .gather()
+        .iter()
+        .all(|f| !f.name().contains("probe")));
+}
