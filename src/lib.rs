@@ -22,8 +22,8 @@ pub use config::{LocksConfig, Provider};
 pub use error::{redact_url, ErrorKind, LockError, Redactor, Result};
 pub use guard::{MutexGuard, SemaphorePermit};
 pub use manager::{
-    validate_key, LockManager, MAX_DATA_LEN, MAX_KEY_LEN, MAX_LEASE, MAX_SEMAPHORE_SIZE,
-    MAX_TENANT_LEN, MAX_VERSION_LEN,
+    validate_key, validate_lock_key, LockManager, MAX_DATA_LEN, MAX_KEY_LEN, MAX_LEASE,
+    MAX_SEMAPHORE_SIZE, MAX_TENANT_LEN, MAX_VERSION_LEN,
 };
 pub use model::{MutexLock, Semaphore, SemaphoreBuilder};
 pub use options::{

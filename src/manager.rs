@@ -101,6 +101,28 @@ pub fn validate_key(key: &str) -> Result<()> {
     validate_name("key", key, MAX_KEY_LEN)
 }
 
+/// Checks the key of a held lock that a caller names to renew or release it: a mutex key, or,
+/// with `semaphore_key`, the key of one of that semaphore's permit slots,
+/// `<semaphore_key>_<index>` (up to [`MAX_KEY_LEN`] plus the index: a slot of the longest
+/// semaphore key is longer than a mutex key may be).
+pub fn validate_lock_key(key: &str, semaphore_key: Option<&str>) -> Result<()> {
+    let Some(semaphore_key) = semaphore_key else {
+        return validate_key(key);
+    };
+    validate_key(semaphore_key)?;
+    let index = key
+        .strip_prefix(semaphore_key)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .filter(|i| i.parse::<u32>().is_ok_and(|n| n.to_string() == *i));
+    match index {
+        Some(_) => Ok(()),
+        None => Err(LockError::validation(format!(
+            "`{key}` is not a permit of semaphore `{semaphore_key}`: its permits are \
+             `{semaphore_key}_<index>`"
+        ))),
+    }
+}
+
 pub(crate) fn validate_tenant(tenant: &str) -> Result<()> {
     validate_name("tenant id", tenant, MAX_TENANT_LEN)
 }
@@ -233,11 +255,8 @@ impl LockManager {
     /// has run out by the store's clock. With [`SendHeartbeatOptions::new_version`] the call
     /// is idempotent: after a timeout, send the same options again.
     pub fn send_heartbeat(&self, opts: &SendHeartbeatOptions) -> Result<MutexLock> {
-        validate_key(&opts.key)?;
+        validate_lock_key(&opts.key, opts.semaphore_key.as_deref())?;
         validate_version(&opts.version)?;
-        if let Some(s) = &opts.semaphore_key {
-            validate_key(s)?;
-        }
         validate_data(opts.data.as_deref())?;
         let lease = match opts.lease_duration {
             Some(lease) => lease,
@@ -269,11 +288,8 @@ impl LockManager {
 
     /// Releases a lease. `Ok(false)` if it was not held with that version.
     pub fn release_lock(&self, opts: &ReleaseLockOptions) -> Result<bool> {
-        validate_key(&opts.key)?;
+        validate_lock_key(&opts.key, opts.semaphore_key.as_deref())?;
         validate_version(&opts.version)?;
-        if let Some(s) = &opts.semaphore_key {
-            validate_key(s)?;
-        }
         validate_data(opts.data.as_deref())?;
         let released = self.shared.store.release(&ReleaseRequest {
             tenant_id: self.tenant_id(),

@@ -457,3 +457,28 @@ pub fn drop_returns_within_the_io_timeout_when_the_store_stalls(b: Backend) {
     let other = b.manager("t-stalled-release");
     assert!(other.lock(&opts(&key, 2_000, 10_000)).is_ok());
 }
+
+/// A permit of a semaphore with the longest allowed key has a slot key longer than a mutex
+/// key may be; it must still renew and release through the record API (found by the
+/// generated sequences: the slot key was validated as a plain key and refused).
+pub fn permits_of_the_longest_semaphore_key_renew_and_release(b: Backend) {
+    let m = b.manager(&unique("t-long-sem"));
+    let sem = format!("s{}", "y".repeat(db_locks::MAX_KEY_LEN - 1));
+    m.create_semaphore(&SemaphoreBuilder::new(&sem, 12).build())
+        .unwrap();
+    let permits: Vec<MutexLock> = (0..12)
+        .map(|_| m.acquire_lock(&permit_opts(&sem, 20_000, 0)).unwrap())
+        .collect();
+    let longest = permits.iter().max_by_key(|p| p.mutex_key.len()).unwrap();
+    assert!(longest.mutex_key.chars().count() > db_locks::MAX_KEY_LEN);
+    let renewed = m.send_heartbeat(&longest.to_heartbeat_options()).unwrap();
+    assert!(m.release_lock(&renewed.to_release_options()).unwrap());
+    // A key that is not one of the semaphore's slots is refused as input, not looked up.
+    let not_a_slot = SendHeartbeatOptionsBuilder::new(format!("{sem}_x"), &renewed.version)
+        .with_semaphore_key(&sem)
+        .build();
+    assert!(matches!(
+        m.send_heartbeat(&not_a_slot),
+        Err(LockError::Validation(_))
+    ));
+}

@@ -67,6 +67,7 @@ macro_rules! with_all_cases {
                 corners::caller_named_renewal_version_is_idempotent,
                 corners::unworkable_renewal_schedules_are_refused,
                 corners::drop_returns_within_the_io_timeout_when_the_store_stalls,
+                corners::permits_of_the_longest_semaphore_key_renew_and_release,
             ]
         );
     };

@@ -12,9 +12,9 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use db_locks::{
-    validate_key, AcquireLockOptions, AcquireLockOptionsBuilder, ErrorKind, LockError, LockManager,
-    LocksConfig, MutexLock, Provider, Redactor, ReleaseLockOptionsBuilder, SemaphoreBuilder,
-    SendHeartbeatOptionsBuilder, MAX_SEMAPHORE_SIZE,
+    validate_key, validate_lock_key, AcquireLockOptions, AcquireLockOptionsBuilder, ErrorKind,
+    LockError, LockManager, LocksConfig, MutexLock, Provider, Redactor, ReleaseLockOptionsBuilder,
+    SemaphoreBuilder, SendHeartbeatOptionsBuilder, MAX_SEMAPHORE_SIZE,
 };
 use serde_json::json;
 
@@ -201,12 +201,12 @@ fn preflight(command: &Command) -> Result<(), LockError> {
             }
             vec![&a.key]
         }
-        Command::Heartbeat(a) => std::iter::once(a.key.as_str())
-            .chain(a.semaphore_key.as_deref())
-            .collect(),
-        Command::Release(a) => std::iter::once(a.key.as_str())
-            .chain(a.semaphore_key.as_deref())
-            .collect(),
+        Command::Heartbeat(a) => {
+            return validate_lock_key(&a.key, a.semaphore_key.as_deref());
+        }
+        Command::Release(a) => {
+            return validate_lock_key(&a.key, a.semaphore_key.as_deref());
+        }
         Command::GetMutex(a)
         | Command::GetSemaphore(a)
         | Command::DeleteSemaphore(a)
