@@ -308,9 +308,10 @@ impl WriteTransaction for MysqlConnection {
     }
 }
 
-/// Runs a few session settings on every new pooled connection.
+/// Session settings run on every new pooled connection: one statement, one round trip (a
+/// reconnect on a slow link costs enough round trips already).
 #[derive(Debug)]
-struct SessionSetup(Vec<String>);
+struct SessionSetup(String);
 
 #[cfg(feature = "sqlite")]
 diesel::define_sql_function! {
@@ -353,11 +354,8 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup 
 
 impl<C: Connection> CustomizeConnection<C, diesel::r2d2::Error> for SessionSetup {
     fn on_acquire(&self, conn: &mut C) -> std::result::Result<(), diesel::r2d2::Error> {
-        for statement in &self.0 {
-            conn.batch_execute(statement)
-                .map_err(diesel::r2d2::Error::QueryError)?;
-        }
-        Ok(())
+        conn.batch_execute(&self.0)
+            .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -444,12 +442,11 @@ impl SqlStore {
                 })?;
             }
         }
-        let setup = vec![
-            // Writers queue for up to the I/O timeout instead of failing with SQLITE_BUSY.
-            format!("PRAGMA busy_timeout = {}", io_timeout.as_millis()),
-            "PRAGMA journal_mode = WAL".into(),
-            "PRAGMA synchronous = NORMAL".into(),
-        ];
+        // Writers queue for up to the I/O timeout instead of failing with SQLITE_BUSY.
+        let setup = format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+            io_timeout.as_millis()
+        );
         // Every connection to ":memory:" is a database of its own: keep exactly one.
         let max_size = if in_memory { 1 } else { config.pool_size };
         let pool = Self::build_pool(
@@ -506,10 +503,11 @@ impl SqlStore {
                 (io_timeout.as_secs() / 2).clamp(1, 10)
             ));
         }
-        let setup = vec![
-            format!("SET statement_timeout = {}", io_timeout.as_millis()),
-            format!("SET lock_timeout = {}", io_timeout.as_millis()),
-        ];
+        // One simple-protocol message: PostgreSQL runs both.
+        let setup = format!(
+            "SET statement_timeout = {ms}; SET lock_timeout = {ms};",
+            ms = io_timeout.as_millis()
+        );
         let pool = Self::build_pool(
             config,
             ConnectionManager::<PgConnection>::new(url),
@@ -543,14 +541,13 @@ impl SqlStore {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_owned(),
         };
-        let setup = vec![
-            // Expiry arithmetic uses UNIX_TIMESTAMP(NOW()), exact only in UTC.
-            "SET time_zone = '+00:00'".into(),
-            format!(
-                "SET innodb_lock_wait_timeout = {}",
-                io_timeout.as_secs().max(1)
-            ),
-        ];
+        // Expiry arithmetic uses UNIX_TIMESTAMP(NOW()), exact only in UTC. One SET for both:
+        // diesel sends a batch of several statements with multi-statement mode switched on
+        // and off around it, two more round trips.
+        let setup = format!(
+            "SET time_zone = '+00:00', innodb_lock_wait_timeout = {}",
+            io_timeout.as_secs().max(1)
+        );
         let pool = Self::build_pool(
             config,
             ConnectionManager::<MysqlConnection>::new(url),
