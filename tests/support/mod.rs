@@ -1,14 +1,18 @@
-//! Shared test support: which stores a run covers, how to reach them, unique keys, and a
-//! store wrapper that fails on command.
+//! Shared test support: which stores a run covers, how to reach them, unique keys, a store
+//! wrapper that injects faults, and (in `proxy`) a TCP proxy that injects network faults.
 //!
 //! A store is covered when its cargo feature is on. Its tests then talk to the real server
 //! (URLs below, overridable by environment) and fail loudly if it cannot be reached:
 //! nothing is skipped in silence.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod servers;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use db_locks::store::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
 use db_locks::{LockError, LockManager, LocksConfig, MutexLock, Provider, Result, Semaphore};
@@ -158,10 +162,81 @@ pub fn unique(name: &str) -> String {
     )
 }
 
-/// Wraps a store and fails, loses replies or hangs on command.
-#[derive(Debug, Default)]
+/// What a store operation is, for fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Acquire,
+    Renew,
+    Release,
+    /// Reads, deletes, semaphores, migrations.
+    Other,
+}
+
+/// A fault injected into one store operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails with a retryable error without reaching the store.
+    FailBefore,
+    /// Reaches the store, then fails with a retryable error: the reply was lost.
+    LoseReply,
+    /// Hangs this long, then fails (a client timeout) without reaching the store.
+    HangBefore(Duration),
+    /// Reaches the store, then hangs this long and fails: a reply lost after a long wait.
+    HangAfter(Duration),
+    /// Takes this long, then answers normally.
+    Slow(Duration),
+}
+
+/// One operation as the wrapper saw it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: OpKind,
+    pub fault: Option<Fault>,
+    pub started: Instant,
+    pub ended: Instant,
+    /// The operation reached the store.
+    pub applied: bool,
+    pub outcome: Outcome,
+}
+
+/// What the caller got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `Ok(Some(_))` or `Ok(true)`.
+    Done,
+    /// `Ok(None)` or `Ok(false)`.
+    Refused,
+    Failed,
+}
+
+impl Fault {
+    /// Its kind, for tallies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::FailBefore => "failed before the store",
+            Fault::LoseReply => "reply lost",
+            Fault::HangBefore(_) => "hung, not applied",
+            Fault::HangAfter(_) => "hung, applied",
+            Fault::Slow(_) => "slow",
+        }
+    }
+}
+
+/// Chooses the fault of each operation.
+pub type Injector = Box<dyn FnMut(OpKind) -> Option<Fault> + Send>;
+
+/// Wraps a store and injects faults: by an injector that decides for every operation, or by
+/// the simpler knobs below (which older tests use).
+#[derive(Default)]
 pub struct FlakyStore {
     pub inner: Option<Arc<dyn LockStore>>,
+    /// Decides a fault for every operation, when set.
+    pub injector: Mutex<Option<Injector>>,
+    /// Every acquire, renewal and release, while `record` is set.
+    pub events: Mutex<Vec<Event>>,
+    pub record: AtomicBool,
+    /// How many faults of each kind the injector chose.
+    pub injected: Mutex<HashMap<&'static str, u64>>,
     /// Renewals fail with a retryable error without reaching the store.
     pub fail_renewals: AtomicBool,
     /// The next N renewals reach the store and succeed there, but report a timeout: the
@@ -183,12 +258,27 @@ pub struct FlakyStore {
     pub acquires_seen: AtomicUsize,
 }
 
+impl std::fmt::Debug for FlakyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlakyStore").finish_non_exhaustive()
+    }
+}
+
 impl FlakyStore {
     pub fn new(inner: Arc<dyn LockStore>) -> Arc<FlakyStore> {
         Arc::new(FlakyStore {
             inner: Some(inner),
             ..FlakyStore::default()
         })
+    }
+
+    /// Sets the injector (replacing any earlier one).
+    pub fn inject(&self, injector: impl FnMut(OpKind) -> Option<Fault> + Send + 'static) {
+        *self.injector.lock() = Some(Box::new(injector));
+    }
+
+    pub fn stop_injecting(&self) {
+        *self.injector.lock() = None;
     }
 
     fn inner(&self) -> &dyn LockStore {
@@ -201,7 +291,65 @@ impl FlakyStore {
             .is_ok()
     }
 
-    fn acquire(&self, f: impl FnOnce() -> Result<Option<MutexLock>>) -> Result<Option<MutexLock>> {
+    /// Runs `op` of `kind` under the injector's fault, and records it.
+    fn faulty<T>(
+        &self,
+        kind: OpKind,
+        op: impl FnOnce() -> Result<T>,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T> {
+        let fault = self
+            .injector
+            .lock()
+            .as_mut()
+            .and_then(|choose| choose(kind));
+        if let Some(f) = fault {
+            *self.injected.lock().entry(f.name()).or_default() += 1;
+        }
+        let started = Instant::now();
+        let injected = |what: &str| Err(LockError::Unavailable(format!("injected: {what}")));
+        let (result, applied) = match fault {
+            Some(Fault::FailBefore) => (injected("failed before reaching the store"), false),
+            Some(Fault::HangBefore(d)) => {
+                std::thread::sleep(d);
+                (injected("timed out before reaching the store"), false)
+            }
+            Some(Fault::LoseReply) => {
+                let _ = op();
+                (injected("reply lost"), true)
+            }
+            Some(Fault::HangAfter(d)) => {
+                let _ = op();
+                std::thread::sleep(d);
+                (injected("timed out waiting for the reply"), true)
+            }
+            Some(Fault::Slow(d)) => {
+                std::thread::sleep(d);
+                (op(), true)
+            }
+            None => (op(), true),
+        };
+        if self.record.load(Ordering::SeqCst) {
+            self.events.lock().push(Event {
+                kind,
+                fault,
+                started,
+                ended: Instant::now(),
+                applied,
+                outcome: match &result {
+                    Ok(v) if done(v) => Outcome::Done,
+                    Ok(_) => Outcome::Refused,
+                    Err(_) => Outcome::Failed,
+                },
+            });
+        }
+        result
+    }
+
+    fn acquire_knobs(
+        &self,
+        f: impl FnOnce() -> Result<Option<MutexLock>>,
+    ) -> Result<Option<MutexLock>> {
         self.acquires_seen.fetch_add(1, Ordering::SeqCst);
         let result = f();
         if Self::take(&self.lose_acquire_replies) {
@@ -211,29 +359,15 @@ impl FlakyStore {
         }
         result
     }
-}
 
-impl LockStore for FlakyStore {
-    fn name(&self) -> &'static str {
-        self.inner().name()
-    }
-    fn migrate(&self) -> Result<()> {
-        self.inner().migrate()
-    }
-    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
-        self.acquire(|| self.inner().try_acquire_mutex(req))
-    }
-    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
-        self.acquire(|| self.inner().try_acquire_permit(req))
-    }
-    fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
+    fn renew_knobs(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
         self.renewals_seen.fetch_add(1, Ordering::SeqCst);
         if self.fail_renewals.load(Ordering::SeqCst) {
             return Err(LockError::Unavailable("injected: renewal failed".into()));
         }
         let delay = self.renewal_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(delay as u64));
+            std::thread::sleep(Duration::from_millis(delay as u64));
         }
         let result = self.inner().renew(req);
         if Self::take(&self.lose_renewal_replies) {
@@ -250,15 +384,49 @@ impl LockStore for FlakyStore {
         }
         result
     }
-    fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
+
+    fn release_knobs(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
         if self.fail_releases.load(Ordering::SeqCst) {
             return Err(LockError::Unavailable("injected: release failed".into()));
         }
         let delay = self.release_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(delay as u64));
+            std::thread::sleep(Duration::from_millis(delay as u64));
         }
         self.inner().release(req)
+    }
+}
+
+impl LockStore for FlakyStore {
+    fn name(&self) -> &'static str {
+        self.inner().name()
+    }
+    fn migrate(&self) -> Result<()> {
+        self.inner().migrate()
+    }
+    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        self.faulty(
+            OpKind::Acquire,
+            || self.acquire_knobs(|| self.inner().try_acquire_mutex(req)),
+            Option::is_some,
+        )
+    }
+    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+        self.faulty(
+            OpKind::Acquire,
+            || self.acquire_knobs(|| self.inner().try_acquire_permit(req)),
+            Option::is_some,
+        )
+    }
+    fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
+        self.faulty(OpKind::Renew, || self.renew_knobs(req), Option::is_some)
+    }
+    fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
+        self.faulty(
+            OpKind::Release,
+            || self.release_knobs(req),
+            |released| *released,
+        )
     }
     fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
         self.inner().get_mutex(tenant_id, key)
