@@ -12,43 +12,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig, Provider, SemaphoreBuilder};
+use db_locks::{AcquireLockOptionsBuilder, LockManager, LockOptions, SemaphoreBuilder};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::Backend;
+
+/// The stores `DB_LOCKS_BENCH_STORES` names (default: sqlite), reached as the tests reach them.
 fn managers() -> Vec<(String, LockManager)> {
     let stores = std::env::var("DB_LOCKS_BENCH_STORES").unwrap_or_else(|_| "sqlite".into());
-    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
     stores
         .split(',')
         .map(|name| {
-            let mut config = LocksConfig::new(format!("bench-{}", uuid::Uuid::new_v4().simple()));
-            match name {
-                "sqlite" => {
-                    config.database_url =
-                        Some(dir.path().join("bench.sqlite").display().to_string())
-                }
-                "postgres" => {
-                    config.database_url = Some("postgres://postgres@127.0.0.1:5432/test".into())
-                }
-                "mysql" => config.database_url = Some("mysql://root@127.0.0.1:3306/test".into()),
-                "redis" => config.provider = Provider::Redis,
-                "dynamodb" => {
-                    config.provider = Provider::Ddb;
-                    config.dynamodb_endpoint = Some("http://127.0.0.1:8000".into());
-                    config.dynamodb_region = Some("us-east-1".into());
-                    for (k, v) in [
-                        ("AWS_ACCESS_KEY_ID", "test"),
-                        ("AWS_SECRET_ACCESS_KEY", "test"),
-                    ] {
-                        if std::env::var_os(k).is_none() {
-                            std::env::set_var(k, v);
-                        }
-                    }
-                }
-                other => panic!("unknown store {other}"),
-            }
-            config.retry_base_ms = 1;
-            config.retry_max_ms = 20;
-            let manager = LockManager::connect(&config).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let backend = Backend::from_name(name);
+            let manager = backend.manager_with(
+                &format!("bench-{}", uuid::Uuid::new_v4().simple()),
+                backend.store(),
+                |config| {
+                    config.retry_base = Duration::from_millis(1);
+                    config.retry_max = Duration::from_millis(20);
+                },
+            );
             (name.to_owned(), manager)
         })
         .collect()
@@ -91,7 +75,8 @@ fn uncontended(c: &mut Criterion) {
             m.release_lock(&lock.to_release_options()).unwrap();
         });
         group.bench_function("guard_lock_and_drop", |b| {
-            b.iter(|| drop(m.lock(&opts).unwrap()))
+            let opts = LockOptions::new().lease(Duration::from_secs(30));
+            b.iter(|| drop(m.lock(&key, &opts).unwrap()))
         });
         group.finish();
     }

@@ -22,32 +22,67 @@ pub enum Provider {
     Redis,
 }
 
+impl Provider {
+    /// Every provider, in the order the CLI lists them.
+    pub const ALL: [Provider; 3] = [Provider::Rdb, Provider::Ddb, Provider::Redis];
+
+    /// The provider's name, as configs and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Rdb => "rdb",
+            Provider::Ddb => "ddb",
+            Provider::Redis => "redis",
+        }
+    }
+
+    /// What the provider stores locks in, in a few words.
+    pub fn description(self) -> &'static str {
+        match self {
+            Provider::Rdb => {
+                "a relational database: a SQLite file (default), PostgreSQL or MySQL/MariaDB"
+            }
+            Provider::Ddb => "Amazon DynamoDB or a DynamoDB-compatible server",
+            Provider::Redis => "Redis (one primary)",
+        }
+    }
+
+    /// Other names that parse as this provider.
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Provider::Ddb => &["dynamodb"],
+            Provider::Rdb | Provider::Redis => &[],
+        }
+    }
+}
+
 impl FromStr for Provider {
     type Err = LockError;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "rdb" => Ok(Provider::Rdb),
-            "ddb" | "dynamodb" => Ok(Provider::Ddb),
-            "redis" => Ok(Provider::Redis),
-            other => Err(LockError::Config(format!(
-                "unknown provider `{other}` (expected rdb, ddb or redis)"
-            ))),
-        }
+        let name = s.to_ascii_lowercase();
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.name() == name || p.aliases().contains(&name.as_str()))
+            .ok_or_else(|| {
+                let known = Provider::ALL.map(Provider::name);
+                LockError::Config(format!(
+                    "unknown provider `{name}` (expected one of {})",
+                    known.join(", ")
+                ))
+            })
     }
 }
 
 impl std::fmt::Display for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Provider::Rdb => "rdb",
-            Provider::Ddb => "ddb",
-            Provider::Redis => "redis",
-        })
+        f.write_str(self.name())
     }
 }
 
 /// Settings of a [`crate::LockManager`].
+///
+/// In a TOML file, the keys are the field names; durations are in milliseconds there, with
+/// an `_ms` suffix (`io_timeout_ms = 5000`).
 ///
 /// ```
 /// use db_locks::LocksConfig;
@@ -56,6 +91,7 @@ impl std::fmt::Display for Provider {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LocksConfig {
     /// Every record belongs to one tenant; tenants never see each other's locks.
     pub tenant_id: String,
@@ -67,20 +103,28 @@ pub struct LocksConfig {
     /// Connections kept by the pool.
     pub pool_size: u32,
     /// How long connecting (or waiting for a pooled connection) may take.
-    pub connect_timeout_ms: u64,
-    /// Longest time a single store request may take before it fails; keeps `Drop` from hanging.
-    pub io_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
+    /// Longest time a single store request may take before it fails (see the README's
+    /// guarantee 8 for what bounds a request on each store).
+    #[serde(rename = "io_timeout_ms", with = "millis")]
+    pub io_timeout: Duration,
     /// Lease used when the options give none.
-    pub default_lease_ms: u64,
-    /// How often guards renew; `None`: a third of the lease.
-    pub heartbeat_period_ms: Option<u64>,
+    #[serde(rename = "default_lease_ms", with = "millis")]
+    pub default_lease: Duration,
+    /// How often guards renew; `None`: a third of the lease minus the safety margin.
+    #[serde(rename = "heartbeat_period_ms", with = "optional_millis")]
+    pub heartbeat_period: Option<Duration>,
     /// A guard treats its lease as lost this long before it ends by its own clock;
     /// `None`: a tenth of the lease, at most one second.
-    pub lease_safety_margin_ms: Option<u64>,
+    #[serde(rename = "lease_safety_margin_ms", with = "optional_millis")]
+    pub lease_safety_margin: Option<Duration>,
     /// First backoff step while waiting for a busy lock.
-    pub retry_base_ms: u64,
+    #[serde(rename = "retry_base_ms", with = "millis")]
+    pub retry_base: Duration,
     /// Largest backoff step while waiting.
-    pub retry_max_ms: u64,
+    #[serde(rename = "retry_max_ms", with = "millis")]
+    pub retry_max: Duration,
     /// Create or upgrade the schema (tables) when the manager starts.
     pub run_migrations: bool,
     /// `redis`: the server URL.
@@ -97,13 +141,13 @@ pub struct LocksConfig {
     pub dynamodb_semaphore_table: String,
     /// `ddb`: besides watching a held lock's version for a whole lease (which needs no clock but
     /// takes a lease of watching), take over a lock whose stored expiry (its holder's wall clock
-    /// plus the lease) is more than this many milliseconds in the past on this machine's wall
-    /// clock. This is what lets a try-once caller take over a lock whose holder crashed. Safe
-    /// while every machine's clock is within this bound of every other's. Default: 60 000
-    /// (one minute). `None`: never compare clocks (a process then takes over only a lock it has
-    /// watched for a whole lease); in a TOML file, write `"off"`.
-    #[serde(deserialize_with = "millis_or_off")]
-    pub dynamodb_trust_expiry_with_skew_ms: Option<u64>,
+    /// plus the lease) is more than this far in the past on this machine's wall clock. This is
+    /// what lets a try-once caller take over a lock whose holder crashed. Safe while every
+    /// machine's clock is within this bound of every other's. Default: one minute. `None`:
+    /// never compare clocks (a process then takes over only a lock it has watched for a whole
+    /// lease); in a TOML file, write `"off"`.
+    #[serde(rename = "dynamodb_trust_expiry_with_skew_ms", with = "millis_or_off")]
+    pub dynamodb_trust_expiry_with_skew: Option<Duration>,
 }
 
 impl Default for LocksConfig {
@@ -113,13 +157,13 @@ impl Default for LocksConfig {
             provider: Provider::Rdb,
             database_url: None,
             pool_size: 8,
-            connect_timeout_ms: 5_000,
-            io_timeout_ms: 5_000,
-            default_lease_ms: 15_000,
-            heartbeat_period_ms: None,
-            lease_safety_margin_ms: None,
-            retry_base_ms: 10,
-            retry_max_ms: 500,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(5),
+            default_lease: Duration::from_secs(15),
+            heartbeat_period: None,
+            lease_safety_margin: None,
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(500),
             run_migrations: true,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_key_prefix: "db-locks".into(),
@@ -127,27 +171,68 @@ impl Default for LocksConfig {
             dynamodb_region: None,
             dynamodb_mutex_table: "db_locks_mutexes".into(),
             dynamodb_semaphore_table: "db_locks_semaphores".into(),
-            dynamodb_trust_expiry_with_skew_ms: Some(60_000),
+            dynamodb_trust_expiry_with_skew: Some(Duration::from_secs(60)),
         }
     }
 }
 
-/// A number of milliseconds, or `"off"` for `None` (TOML has no null).
-fn millis_or_off<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> std::result::Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum MillisOrOff {
-        Millis(u64),
-        Word(String),
+/// Durations in whole milliseconds, as config files write them.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
     }
-    match MillisOrOff::deserialize(deserializer)? {
-        MillisOrOff::Millis(ms) => Ok(Some(ms)),
-        MillisOrOff::Word(w) if w.eq_ignore_ascii_case("off") => Ok(None),
-        MillisOrOff::Word(w) => Err(serde::de::Error::custom(format!(
-            "expected a number of milliseconds or \"off\", not \"{w}\""
-        ))),
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// Optional durations in whole milliseconds (absent: `None`).
+mod optional_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        u64::deserialize(d).map(|ms| Some(Duration::from_millis(ms)))
+    }
+}
+
+/// A number of milliseconds, or `"off"` for `None` (TOML has no null).
+mod millis_or_off {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_u64(d.as_millis() as u64),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum MillisOrOff {
+            Millis(u64),
+            Word(String),
+        }
+        match MillisOrOff::deserialize(d)? {
+            MillisOrOff::Millis(ms) => Ok(Some(Duration::from_millis(ms))),
+            MillisOrOff::Word(w) if w.eq_ignore_ascii_case("off") => Ok(None),
+            MillisOrOff::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a number of milliseconds or \"off\", not \"{w}\""
+            ))),
+        }
     }
 }
 
@@ -160,7 +245,8 @@ impl LocksConfig {
         }
     }
 
-    /// Reads a TOML file whose keys are this struct's field names; missing keys keep their defaults.
+    /// Reads a TOML file whose keys are this struct's field names (durations in `_ms`);
+    /// missing keys keep their defaults.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -222,7 +308,7 @@ impl LocksConfig {
 
     /// Sets the default lease.
     pub fn with_default_lease(mut self, lease: Duration) -> Self {
-        self.default_lease_ms = lease.as_millis() as u64;
+        self.default_lease = lease;
         self
     }
 
@@ -235,19 +321,31 @@ impl LocksConfig {
             .join("locks.sqlite")
     }
 
-    /// The database URL, with the password hidden, for messages.
-    pub fn redacted_database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) => redact_url(url),
-            None => Self::default_sqlite_path().display().to_string(),
+    /// Where the store is, for messages: its URL (or SQLite path, or DynamoDB endpoint and
+    /// tables) with any password hidden.
+    pub fn store_location(&self) -> String {
+        match self.provider {
+            Provider::Rdb => match &self.database_url {
+                Some(url) => redact_url(url),
+                None => Self::default_sqlite_path().display().to_string(),
+            },
+            Provider::Redis => redact_url(&self.redis_url),
+            Provider::Ddb => format!(
+                "{} (tables {} and {})",
+                self.dynamodb_endpoint
+                    .as_deref()
+                    .map_or_else(|| "DynamoDB".to_owned(), redact_url),
+                self.dynamodb_mutex_table,
+                self.dynamodb_semaphore_table
+            ),
         }
     }
 
     /// Checks the settings that do not need I/O.
     pub fn validate(&self) -> Result<()> {
-        crate::manager::validate_tenant(&self.tenant_id)?;
-        let positive = |name: &str, v: u64| {
-            if v == 0 {
+        crate::validate::validate_tenant(&self.tenant_id)?;
+        let positive = |name: &str, zero: bool| {
+            if zero {
                 Err(LockError::Config(format!(
                     "{name} must be greater than zero"
                 )))
@@ -255,28 +353,20 @@ impl LocksConfig {
                 Ok(())
             }
         };
-        positive("pool_size", self.pool_size as u64)?;
-        positive("connect_timeout_ms", self.connect_timeout_ms)?;
-        positive("io_timeout_ms", self.io_timeout_ms)?;
-        positive("default_lease_ms", self.default_lease_ms)?;
-        positive("retry_base_ms", self.retry_base_ms)?;
-        if self.retry_max_ms < self.retry_base_ms {
+        positive("pool_size", self.pool_size == 0)?;
+        positive("connect_timeout_ms", self.connect_timeout.is_zero())?;
+        positive("io_timeout_ms", self.io_timeout.is_zero())?;
+        positive("default_lease_ms", self.default_lease.is_zero())?;
+        positive("retry_base_ms", self.retry_base.is_zero())?;
+        if self.retry_max < self.retry_base {
             return Err(LockError::Config(
                 "retry_max_ms must be at least retry_base_ms".into(),
             ));
         }
-        if let Some(p) = self.heartbeat_period_ms {
-            positive("heartbeat_period_ms", p)?;
+        if let Some(p) = self.heartbeat_period {
+            positive("heartbeat_period_ms", p.is_zero())?;
         }
         Ok(())
-    }
-
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    pub(crate) fn io_timeout(&self) -> Duration {
-        Duration::from_millis(self.io_timeout_ms)
     }
 }
 
@@ -289,7 +379,7 @@ mod tests {
         let c = LocksConfig::from_toml_str("tenant_id = \"t1\"\nprovider = \"redis\"\n").unwrap();
         assert_eq!(c.tenant_id, "t1");
         assert_eq!(c.provider, Provider::Redis);
-        assert_eq!(c.default_lease_ms, 15_000);
+        assert_eq!(c.default_lease, Duration::from_secs(15));
         let err = LocksConfig::from_toml_str("tenant_id = [").unwrap_err();
         assert!(matches!(err, LockError::Config(_)), "{err}");
         let err = LocksConfig::from_toml_str("no_such_setting = 1").unwrap_err();
@@ -299,11 +389,19 @@ mod tests {
     #[test]
     fn clock_skew_bound_can_be_turned_off() {
         let c = LocksConfig::from_toml_str("").unwrap();
-        assert_eq!(c.dynamodb_trust_expiry_with_skew_ms, Some(60_000));
+        assert_eq!(
+            c.dynamodb_trust_expiry_with_skew,
+            Some(Duration::from_secs(60))
+        );
         let c = LocksConfig::from_toml_str("dynamodb_trust_expiry_with_skew_ms = 500").unwrap();
-        assert_eq!(c.dynamodb_trust_expiry_with_skew_ms, Some(500));
+        assert_eq!(
+            c.dynamodb_trust_expiry_with_skew,
+            Some(Duration::from_millis(500))
+        );
         let c = LocksConfig::from_toml_str("dynamodb_trust_expiry_with_skew_ms = \"off\"").unwrap();
-        assert_eq!(c.dynamodb_trust_expiry_with_skew_ms, None);
+        assert_eq!(c.dynamodb_trust_expiry_with_skew, None);
+        let c = LocksConfig::from_toml_str("heartbeat_period_ms = 700").unwrap();
+        assert_eq!(c.heartbeat_period, Some(Duration::from_millis(700)));
         assert!(LocksConfig::from_toml_str("dynamodb_trust_expiry_with_skew_ms = \"x\"").is_err());
     }
 
@@ -316,7 +414,7 @@ mod tests {
     #[test]
     fn validate_rejects_zeroes() {
         let mut c = LocksConfig::new("t");
-        c.default_lease_ms = 0;
+        c.default_lease = Duration::ZERO;
         assert!(c.validate().is_err());
         assert!(LocksConfig::new("").validate().is_err());
     }

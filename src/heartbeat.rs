@@ -25,14 +25,55 @@ use parking_lot::Mutex;
 
 use crate::error::{LockError, Result};
 use crate::metrics::Metrics;
-use crate::model::MutexLock;
-use crate::store::{LockStore, ReleaseRequest, RenewRequest};
+use crate::model::{new_version, MutexLock};
+use crate::store::{LockStore, ReleaseRequest, RenewRequest, Target};
 
 const EXPIRED: &str = "the lease ran out before a renewal succeeded";
+
+/// Who a lease is: fixed for its whole life, so it is read without a lock.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseId {
+    pub(crate) tenant_id: String,
+    /// The mutex key, or the slot's key.
+    pub(crate) key: String,
+    pub(crate) semaphore_key: Option<String>,
+    /// The slot's index, for a permit.
+    pub(crate) slot: Option<u32>,
+    pub(crate) fencing_token: i64,
+    /// Release deletes the record (plain mutexes only).
+    pub(crate) delete_on_release: bool,
+}
+
+impl LeaseId {
+    /// The identity of a granted record (a permit's slot index is read off its key once).
+    fn of(record: &MutexLock) -> LeaseId {
+        let slot = record.semaphore_key.as_deref().and_then(|sem| {
+            crate::validate::validate_lock_key(&record.mutex_key, Some(sem))
+                .ok()
+                .flatten()
+        });
+        LeaseId {
+            tenant_id: record.tenant_id.clone(),
+            key: record.mutex_key.clone(),
+            semaphore_key: record.semaphore_key.clone(),
+            slot,
+            fencing_token: record.fencing_token,
+            delete_on_release: record.delete_on_release && record.semaphore_key.is_none(),
+        }
+    }
+
+    pub(crate) fn target(&self) -> Target<'_> {
+        match (&self.semaphore_key, self.slot) {
+            (Some(semaphore), Some(index)) => Target::Slot { semaphore, index },
+            _ => Target::Mutex(&self.key),
+        }
+    }
+}
 
 /// What the guard, its heartbeat thread and the deadline watcher share.
 #[derive(Debug)]
 pub(crate) struct LeaseState {
+    pub(crate) id: LeaseId,
     inner: Mutex<LeaseInner>,
     /// Subtracted from every lease when computing `deadline`.
     margin: Duration,
@@ -58,6 +99,7 @@ impl LeaseState {
         let deadline = deadline_for(&record, sent_at, margin);
         let (lost_tx, lost_rx) = crossbeam_channel::bounded(0);
         let state = Arc::new(LeaseState {
+            id: LeaseId::of(&record),
             inner: Mutex::new(LeaseInner {
                 record,
                 deadline,
@@ -85,10 +127,6 @@ impl LeaseState {
         (Instant::now() >= inner.deadline).then(|| EXPIRED.to_owned())
     }
 
-    pub(crate) fn key(&self) -> String {
-        self.inner.lock().record.mutex_key.clone()
-    }
-
     pub(crate) fn deadline(&self) -> Instant {
         self.inner.lock().deadline
     }
@@ -114,10 +152,7 @@ impl LeaseState {
         if inner.lost.is_some() || Instant::now() >= inner.deadline {
             return None;
         }
-        let new_version = inner
-            .in_doubt
-            .get_or_insert_with(crate::manager::new_version)
-            .clone();
+        let new_version = inner.in_doubt.get_or_insert_with(new_version).clone();
         Some((inner.record.clone(), new_version))
     }
 
@@ -165,8 +200,7 @@ impl LeaseState {
 }
 
 fn deadline_for(record: &MutexLock, sent_at: Instant, margin: Duration) -> Instant {
-    let lease = Duration::from_millis(record.lease_duration_ms.max(0) as u64);
-    sent_at + lease.saturating_sub(margin)
+    sent_at + record.lease_duration.saturating_sub(margin)
 }
 
 /// How a guard ends its lease.
@@ -209,7 +243,7 @@ pub(crate) struct HeartbeatConfig {
 impl Heartbeat {
     pub(crate) fn spawn(cfg: HeartbeatConfig) -> std::io::Result<Heartbeat> {
         let (commands, inbox) = crossbeam_channel::bounded::<Command>(1);
-        let key = cfg.state.record().mutex_key;
+        let key = cfg.state.id.key.clone();
         let thread = std::thread::Builder::new()
             .name(format!("db-locks-heartbeat:{key}"))
             .spawn(move || run(cfg, inbox))?;
@@ -261,7 +295,7 @@ fn run(cfg: HeartbeatConfig, inbox: Receiver<Command>) {
         if !loss_noted {
             if let Some(reason) = state.lost_reason() {
                 metrics.count("lease", "lost");
-                log::warn!("db-locks: lease on `{}` lost: {reason}", state.key());
+                log::warn!("db-locks: lease on `{}` lost: {reason}", state.id.key);
                 loss_noted = true;
             }
         }
@@ -291,7 +325,7 @@ fn run(cfg: HeartbeatConfig, inbox: Receiver<Command>) {
             continue;
         };
         let sent_at = Instant::now();
-        match renew_once(&*store, &record, &new_version) {
+        match renew_once(&*store, &state, &record, &new_version) {
             Ok(Some(renewed)) => {
                 metrics.count("heartbeat", "ok");
                 failures = 0;
@@ -333,16 +367,16 @@ fn run(cfg: HeartbeatConfig, inbox: Receiver<Command>) {
 
 fn renew_once(
     store: &dyn LockStore,
+    state: &LeaseState,
     record: &MutexLock,
     new_version: &str,
 ) -> Result<Option<MutexLock>> {
     store.renew(&RenewRequest {
-        tenant_id: &record.tenant_id,
-        semaphore_key: record.semaphore_key.as_deref(),
-        key: &record.mutex_key,
+        tenant_id: &state.id.tenant_id,
+        target: state.id.target(),
         version: &record.version,
         new_version,
-        lease_ms: record.lease_duration_ms,
+        lease: Some(record.lease_duration),
         data: None,
     })
 }
@@ -353,13 +387,12 @@ fn renew_once(
 fn release(store: &dyn LockStore, state: &Arc<LeaseState>, metrics: &Metrics) -> Result<MutexLock> {
     let (record, in_doubt) = state.versions();
     let released = store.release(&ReleaseRequest {
-        tenant_id: &record.tenant_id,
-        semaphore_key: record.semaphore_key.as_deref(),
-        key: &record.mutex_key,
+        tenant_id: &state.id.tenant_id,
+        target: state.id.target(),
         version: &record.version,
         in_doubt_version: in_doubt.as_deref(),
         data: None,
-        delete: Some(record.delete_on_release && record.semaphore_key.is_none()),
+        delete: state.id.delete_on_release,
     });
     match released {
         Ok(true) => {
@@ -388,7 +421,7 @@ fn hand_over(
     metrics: &Metrics,
 ) -> Result<MutexLock> {
     let lost = |state: &LeaseState| LockError::LeaseLost {
-        key: state.key(),
+        key: state.id.key.clone(),
         reason: state.lost_reason().unwrap_or_else(|| EXPIRED.into()),
     };
     loop {
@@ -400,7 +433,7 @@ fn hand_over(
             return Ok(record);
         };
         let sent_at = Instant::now();
-        match renew_once(store, &record, &new_version) {
+        match renew_once(store, state, &record, &new_version) {
             Ok(Some(renewed)) => {
                 metrics.count("heartbeat", "ok");
                 state.renewed(renewed, sent_at);

@@ -13,20 +13,24 @@ mod manager;
 mod metrics;
 mod model;
 mod options;
+mod shared;
 pub mod store;
+mod validate;
 
 /// The prometheus crate, for a `Registry` of the version the metrics use.
 pub use prometheus;
 
 pub use config::{LocksConfig, Provider};
 pub use error::{redact_url, ErrorKind, LockError, Redactor, Result};
-pub use guard::{MutexGuard, SemaphorePermit};
-pub use manager::{
-    validate_key, validate_lock_key, LockManager, MAX_DATA_LEN, MAX_KEY_LEN, MAX_LEASE,
-    MAX_SEMAPHORE_SIZE, MAX_TENANT_LEN, MAX_VERSION_LEN,
-};
+pub use guard::{LeaseGuard, MutexGuard, SemaphorePermit};
+pub use manager::LockManager;
 pub use model::{MutexLock, Semaphore, SemaphoreBuilder};
 pub use options::{
-    AcquireLockOptions, AcquireLockOptionsBuilder, ReleaseLockOptions, ReleaseLockOptionsBuilder,
-    SendHeartbeatOptions, SendHeartbeatOptionsBuilder,
+    AcquireLockOptions, AcquireLockOptionsBuilder, LockOptions, PermitOptions, ReleaseLockOptions,
+    ReleaseLockOptionsBuilder, SendHeartbeatOptions, SendHeartbeatOptionsBuilder,
+};
+pub use validate::{
+    validate_data, validate_duration, validate_key, validate_lock_key, validate_semaphore_size,
+    validate_tenant, validate_version, MAX_DATA_LEN, MAX_KEY_LEN, MAX_LEASE, MAX_SEMAPHORE_SIZE,
+    MAX_TENANT_LEN, MAX_VERSION_LEN,
 };

@@ -1,13 +1,15 @@
 //! The records a store keeps: [`MutexLock`] (a mutex, or one permit slot of a semaphore)
 //! and [`Semaphore`].
 
+use std::time::Duration;
+
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::options::{ReleaseLockOptions, SendHeartbeatOptions};
 
 /// One mutex record: a plain mutex, or one permit slot of a semaphore.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MutexLock {
     /// The mutex key (for a semaphore permit: the slot's key, `<semaphore_key>_<index>`).
     pub mutex_key: String,
@@ -18,7 +20,7 @@ pub struct MutexLock {
     /// Strictly increases with every grant of this mutex (or slot); unchanged by renewals.
     pub fencing_token: i64,
     /// Length of the current lease.
-    pub lease_duration_ms: i64,
+    pub lease_duration: Duration,
     /// The semaphore this slot belongs to; `None` for a plain mutex.
     pub semaphore_key: Option<String>,
     /// Free-form data stored with the lock; kept across grants unless a grant replaces it.
@@ -37,9 +39,7 @@ impl MutexLock {
         SendHeartbeatOptions {
             key: self.mutex_key.clone(),
             version: self.version.clone(),
-            lease_duration: Some(std::time::Duration::from_millis(
-                self.lease_duration_ms.max(0) as u64,
-            )),
+            lease_duration: Some(self.lease_duration),
             semaphore_key: self.semaphore_key.clone(),
             data: None,
             new_version: None,
@@ -64,7 +64,8 @@ impl MutexLock {
 }
 
 /// A counting semaphore: `max_size` permits, each a slot [`MutexLock`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Semaphore {
     /// The semaphore key.
     pub semaphore_key: String,
@@ -74,8 +75,9 @@ pub struct Semaphore {
     pub version: String,
     /// Number of permits.
     pub max_size: i64,
-    /// Default lease of a permit.
-    pub lease_duration_ms: i64,
+    /// Default lease of a permit. In a record given to
+    /// [`crate::LockManager::create_semaphore`], zero stands for the manager's default lease.
+    pub lease_duration: Duration,
     /// Permits held with a live lease when the record was read (ignored on write).
     pub busy_count: i64,
 }
@@ -85,7 +87,7 @@ pub struct Semaphore {
 pub struct SemaphoreBuilder {
     key: String,
     max_size: i64,
-    lease_duration_ms: i64,
+    lease: Option<Duration>,
 }
 
 impl SemaphoreBuilder {
@@ -94,24 +96,29 @@ impl SemaphoreBuilder {
         SemaphoreBuilder {
             key: key.into(),
             max_size,
-            lease_duration_ms: 0,
+            lease: None,
         }
     }
 
-    /// Default lease of a permit, in milliseconds (0: the manager's default lease).
-    pub fn with_lease_duration_millis(mut self, millis: i64) -> Self {
-        self.lease_duration_ms = millis;
+    /// Default lease of a permit (without one: the manager's default lease).
+    pub fn with_lease_duration(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
         self
     }
 
+    /// Default lease of a permit, in milliseconds.
+    pub fn with_lease_duration_millis(self, millis: u64) -> Self {
+        self.with_lease_duration(Duration::from_millis(millis))
+    }
+
     /// Default lease of a permit, in seconds.
-    pub fn with_lease_duration_secs(self, secs: i64) -> Self {
-        self.with_lease_duration_millis(secs.saturating_mul(1000))
+    pub fn with_lease_duration_secs(self, secs: u64) -> Self {
+        self.with_lease_duration(Duration::from_secs(secs))
     }
 
     /// Default lease of a permit, in minutes.
-    pub fn with_lease_duration_minutes(self, minutes: i64) -> Self {
-        self.with_lease_duration_secs(minutes.saturating_mul(60))
+    pub fn with_lease_duration_minutes(self, minutes: u64) -> Self {
+        self.with_lease_duration(Duration::from_secs(minutes.saturating_mul(60)))
     }
 
     /// The semaphore record (tenant and version are set by the manager).
@@ -121,10 +128,15 @@ impl SemaphoreBuilder {
             tenant_id: String::new(),
             version: String::new(),
             max_size: self.max_size,
-            lease_duration_ms: self.lease_duration_ms,
+            lease_duration: self.lease.unwrap_or(Duration::ZERO),
             busy_count: 0,
         }
     }
+}
+
+/// A fresh random version token (UUID v4).
+pub(crate) fn new_version() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Converts milliseconds since the Unix epoch (as stores keep them) to a timestamp.
@@ -134,7 +146,17 @@ pub(crate) fn millis_to_datetime(ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
+/// Milliseconds of a duration, as stores keep them (saturating).
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A duration from stored milliseconds (negative: zero).
+pub(crate) fn from_millis(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(0) as u64)
+}
+
 /// The key of slot `index` of semaphore `semaphore_key`.
-pub(crate) fn slot_key(semaphore_key: &str, index: i64) -> String {
+pub(crate) fn slot_key(semaphore_key: &str, index: u32) -> String {
     format!("{semaphore_key}_{index}")
 }

@@ -1,9 +1,109 @@
-//! Options of the record-level operations, with builders that follow the original README.
+//! Options: [`LockOptions`] and [`PermitOptions`] for the guard API, and the record-level
+//! operations' options with builders that follow the original README. Every option type
+//! checks itself ([`AcquireLockOptions::validate`], ...) with the rules of `validate`; the
+//! manager runs the same checks before any I/O.
 
 use std::time::Duration;
 
-/// What to acquire and how: built by [`AcquireLockOptionsBuilder`].
+use crate::error::{LockError, Result};
+use crate::validate::{
+    validate_data, validate_duration, validate_key, validate_lock_key, validate_version,
+};
+
+/// How to hold a mutex with a guard ([`crate::LockManager::lock`] and its `try_` forms).
+///
+/// ```
+/// use std::time::Duration;
+/// use db_locks::LockOptions;
+/// let opts = LockOptions::new().lease(Duration::from_secs(30)).data("host-a");
+/// assert_eq!(opts.lease, Some(Duration::from_secs(30)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockOptions {
+    /// Length of the lease; `None`: the config's default lease.
+    pub lease: Option<Duration>,
+    /// How often the guard renews; `None`: the config's period, else a third of the lease
+    /// minus the safety margin.
+    pub heartbeat_period: Option<Duration>,
+    /// Data to store with the lock (kept from the previous holder when `None`).
+    pub data: Option<String>,
+    /// Delete the mutex record on release instead of marking it free.
+    pub delete_on_release: bool,
+}
+
+impl LockOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Length of the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// How often the guard renews.
+    pub fn heartbeat_period(mut self, period: Duration) -> Self {
+        self.heartbeat_period = Some(period);
+        self
+    }
+
+    /// Data to store with the lock.
+    pub fn data(mut self, data: impl Into<String>) -> Self {
+        self.data = Some(data.into());
+        self
+    }
+
+    /// Delete the record on release.
+    pub fn delete_on_release(mut self, delete: bool) -> Self {
+        self.delete_on_release = delete;
+        self
+    }
+}
+
+/// How to hold a semaphore permit with a guard ([`crate::LockManager::acquire_permit`] and
+/// its `try_` forms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PermitOptions {
+    /// Length of the lease; `None`: the semaphore's.
+    pub lease: Option<Duration>,
+    /// How often the permit renews; as for [`LockOptions::heartbeat_period`].
+    pub heartbeat_period: Option<Duration>,
+    /// Data to store with the permit's slot.
+    pub data: Option<String>,
+}
+
+impl PermitOptions {
+    /// The defaults: the semaphore's lease.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Length of the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// How often the permit renews.
+    pub fn heartbeat_period(mut self, period: Duration) -> Self {
+        self.heartbeat_period = Some(period);
+        self
+    }
+
+    /// Data to store with the slot.
+    pub fn data(mut self, data: impl Into<String>) -> Self {
+        self.data = Some(data.into());
+        self
+    }
+}
+
+/// What to acquire and how, for the record-level API: built by [`AcquireLockOptionsBuilder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AcquireLockOptions {
     /// The mutex key, or the semaphore key when `requires_semaphore` is set.
     pub key: String,
@@ -18,8 +118,26 @@ pub struct AcquireLockOptions {
     pub data: Option<String>,
     /// Delete the mutex record on release instead of marking it free (plain mutexes only).
     pub delete_on_release: bool,
-    /// How often a guard renews; `None` uses the config's period or a third of the lease.
-    pub heartbeat_period: Option<Duration>,
+}
+
+impl AcquireLockOptions {
+    /// Checks the options without I/O: the key, the data, the lease and the wait.
+    pub fn validate(&self) -> Result<()> {
+        validate_key(&self.key)?;
+        validate_data(self.data.as_deref())?;
+        if let Some(lease) = self.lease_duration {
+            validate_duration("lease duration", lease, false)?;
+        }
+        if let Some(wait) = self.wait {
+            validate_duration("wait", wait, true)?;
+        }
+        if self.delete_on_release && self.requires_semaphore {
+            return Err(LockError::validation(
+                "delete_on_release applies to mutexes, not semaphore permits",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Builds [`AcquireLockOptions`].
@@ -49,7 +167,6 @@ impl AcquireLockOptionsBuilder {
                 requires_semaphore: false,
                 data: None,
                 delete_on_release: false,
-                heartbeat_period: None,
             },
         }
     }
@@ -109,12 +226,6 @@ impl AcquireLockOptionsBuilder {
         self
     }
 
-    /// How often a guard renews its lease.
-    pub fn with_heartbeat_period(mut self, period: Duration) -> Self {
-        self.opts.heartbeat_period = Some(period);
-        self
-    }
-
     /// The options (validated when used, so building never fails).
     pub fn build(self) -> AcquireLockOptions {
         self.opts
@@ -123,12 +234,13 @@ impl AcquireLockOptionsBuilder {
 
 /// Renews a lease: built by [`SendHeartbeatOptionsBuilder`] or [`crate::MutexLock::to_heartbeat_options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SendHeartbeatOptions {
     /// The mutex key (a slot key for a permit).
     pub key: String,
     /// The version the holder got from its last grant or renewal.
     pub version: String,
-    /// New lease length; `None` keeps the lock's current lease, at the cost of one read.
+    /// New lease length; `None` keeps the lock's current lease.
     pub lease_duration: Option<Duration>,
     /// The semaphore of a permit slot.
     pub semaphore_key: Option<String>,
@@ -138,6 +250,22 @@ pub struct SendHeartbeatOptions {
     /// idempotent: if a renewal times out, send it again with the same `new_version` (and the
     /// same `version`): the store accepts it whether or not the first one was applied.
     pub new_version: Option<String>,
+}
+
+impl SendHeartbeatOptions {
+    /// Checks the options without I/O; returns the permit's slot index for a permit.
+    pub fn validate(&self) -> Result<Option<u32>> {
+        let slot = validate_lock_key(&self.key, self.semaphore_key.as_deref())?;
+        validate_version(&self.version)?;
+        if let Some(v) = &self.new_version {
+            validate_version(v)?;
+        }
+        validate_data(self.data.as_deref())?;
+        if let Some(lease) = self.lease_duration {
+            validate_duration("lease duration", lease, false)?;
+        }
+        Ok(slot)
+    }
 }
 
 /// Builds [`SendHeartbeatOptions`].
@@ -204,6 +332,7 @@ impl SendHeartbeatOptionsBuilder {
 
 /// Releases a lease: built by [`ReleaseLockOptionsBuilder`] or [`crate::MutexLock::to_release_options`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReleaseLockOptions {
     /// The mutex key (a slot key for a permit).
     pub key: String,
@@ -213,8 +342,24 @@ pub struct ReleaseLockOptions {
     pub semaphore_key: Option<String>,
     /// Replaces the stored data when set (a hand-over note for the next holder).
     pub data: Option<String>,
-    /// Delete the record (`None`: as the record's `delete_on_release` says; never for permits).
+    /// Delete the record (`None`: as the record's `delete_on_release` says, which costs a read
+    /// of it first; permits are never deleted).
     pub delete_lock: Option<bool>,
+}
+
+impl ReleaseLockOptions {
+    /// Checks the options without I/O; returns the permit's slot index for a permit.
+    pub fn validate(&self) -> Result<Option<u32>> {
+        let slot = validate_lock_key(&self.key, self.semaphore_key.as_deref())?;
+        validate_version(&self.version)?;
+        validate_data(self.data.as_deref())?;
+        if slot.is_some() && self.delete_lock == Some(true) {
+            return Err(LockError::validation(
+                "a permit's slot belongs to its semaphore and cannot be deleted",
+            ));
+        }
+        Ok(slot)
+    }
 }
 
 /// Builds [`ReleaseLockOptions`].

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use db_locks::AcquireLockOptionsBuilder;
+use db_locks::LockOptions;
 use support::{covered_backends, unique, Backend};
 
 const WORKER_ENV: &str = "DB_LOCKS_CROSS_PROCESS_WORKER";
@@ -46,12 +46,12 @@ fn worker_process_entry() {
         "count" => {
             let (key, path, n): (&str, &Path, u32) =
                 (parts[2], Path::new(parts[3]), parts[4].parse().unwrap());
-            let opts = AcquireLockOptionsBuilder::new(key)
-                .with_lease_duration_secs(10)
-                .with_wait_duration_secs(120)
-                .build();
+            let opts = LockOptions::new().lease(Duration::from_secs(10));
             for _ in 0..n {
-                let guard = manager.lock(&opts).unwrap();
+                let guard = manager
+                    .try_lock_for(key, Duration::from_secs(120), &opts)
+                    .unwrap()
+                    .expect("granted within two minutes");
                 let seen: u64 = std::fs::read_to_string(path)
                     .unwrap()
                     .trim()
@@ -65,11 +65,8 @@ fn worker_process_entry() {
         }
         // hold|backend|key|lease ms: take the lock, say so, and hang until killed.
         "hold" => {
-            let opts = AcquireLockOptionsBuilder::new(parts[2])
-                .with_lease_duration_millis(parts[3].parse().unwrap())
-                .with_wait_duration_secs(0)
-                .build();
-            let guard = manager.lock(&opts).unwrap();
+            let opts = LockOptions::new().lease(Duration::from_millis(parts[3].parse().unwrap()));
+            let guard = manager.try_lock(parts[2], &opts).unwrap().expect("free");
             println!("HELD {}", guard.fencing_token());
             // Killed long before this, unless the test that started it failed.
             std::thread::sleep(Duration::from_secs(60));
@@ -138,16 +135,11 @@ fn killed_holder_is_taken_over_after_its_lease() {
         };
 
         let manager = backend.manager("cross-process");
-        let opts = |wait_ms| {
-            AcquireLockOptionsBuilder::new(&key)
-                .with_lease_duration_secs(5)
-                .with_wait_duration_millis(wait_ms)
-                .build()
-        };
+        let opts = LockOptions::new().lease(Duration::from_secs(5));
         // While the holder lives, its heartbeat keeps the lock past its lease.
         std::thread::sleep(lease * 2);
         assert!(
-            manager.try_lock(&opts(0)).unwrap().is_none(),
+            manager.try_lock(&key, &opts).unwrap().is_none(),
             "{}: live holder lost its lock",
             backend.name()
         );
@@ -155,7 +147,10 @@ fn killed_holder_is_taken_over_after_its_lease() {
         child.kill().unwrap(); // SIGKILL: no release, no more heartbeats
         child.wait().unwrap();
         let killed_at = Instant::now();
-        let guard = manager.lock(&opts(30_000)).unwrap();
+        let guard = manager
+            .try_lock_for(&key, Duration::from_secs(30), &opts)
+            .unwrap()
+            .expect("granted after the holder died");
         assert!(
             guard.fencing_token() > child_token,
             "{}: fencing token did not grow",

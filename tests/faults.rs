@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig, SemaphoreBuilder};
+use db_locks::{
+    AcquireLockOptionsBuilder, LeaseGuard, LockManager, LockOptions, LocksConfig, PermitOptions,
+    SemaphoreBuilder,
+};
 use proptest::prelude::*;
 
 use support::proxy::{FaultProxy, Mode};
@@ -134,10 +137,10 @@ fn run_schedule_on(b: Backend, s: &Schedule, flaky: &Arc<FlakyStore>) -> Result<
     let tenant = unique("t-faults");
     let key = unique("faulty");
     let m = b.manager_with(&tenant, flaky.clone(), |c| {
-        c.io_timeout_ms = IO_TIMEOUT.as_millis() as u64
+        c.io_timeout = IO_TIMEOUT;
     });
     let referee = b.manager_with(&tenant, b.store(), |c| {
-        c.dynamodb_trust_expiry_with_skew_ms = Some(100);
+        c.dynamodb_trust_expiry_with_skew = Some(Duration::from_millis(100));
     });
     if s.permit {
         m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
@@ -153,22 +156,24 @@ fn run_schedule_on(b: Backend, s: &Schedule, flaky: &Arc<FlakyStore>) -> Result<
     let wait = Duration::from_secs(5);
     let guard = if s.permit {
         let permit = m
-            .acquire_permit(&permit_opts(&key, wait))
-            .map_err(|e| format!("acquire_permit: {e:?}"))?;
+            .try_acquire_permit_for(&key, wait, &PermitOptions::new().lease(LEASE))
+            .map_err(|e| format!("acquire_permit: {e:?}"))?
+            .ok_or("permit not granted")?;
         let busy = referee.get_semaphore(&key).unwrap().unwrap().busy_count;
         if busy != 1 {
             return Err(format!("{busy} permits busy after one grant: an orphan"));
         }
-        Guard::Permit(permit)
+        LeaseGuard::from(permit)
     } else {
         let guard = m
-            .lock(&mutex_opts(&key, wait))
-            .map_err(|e| format!("lock: {e:?}"))?;
+            .try_lock_for(&key, wait, &LockOptions::new().lease(LEASE))
+            .map_err(|e| format!("lock: {e:?}"))?
+            .ok_or("lock not granted")?;
         let stored = referee.get_mutex(&key).unwrap().unwrap();
-        if stored.version != guard.lock_record().version {
+        if stored.version != guard.record().version {
             return Err("the store holds another version than the guard's: an orphan".into());
         }
-        Guard::Mutex(guard)
+        LeaseGuard::from(guard)
     };
     let lost_signal = guard.lost_signal();
 
@@ -212,7 +217,7 @@ fn run_schedule_on(b: Backend, s: &Schedule, flaky: &Arc<FlakyStore>) -> Result<
     let run_for = Duration::from_millis(3_200);
     let stop = AtomicBool::new(false);
     let mut lost_at = None;
-    let mut last_deadline = guard.expires_at();
+    let mut last_deadline = guard.local_deadline();
     let mut referee_got: Option<(Instant, Instant)> = None;
     thread::scope(|scope| {
         let referee_thread = scope.spawn(|| {
@@ -237,7 +242,7 @@ fn run_schedule_on(b: Backend, s: &Schedule, flaky: &Arc<FlakyStore>) -> Result<
         while started.elapsed() < run_for {
             if lost_at.is_none() {
                 if guard.is_held() {
-                    last_deadline = guard.expires_at();
+                    last_deadline = guard.local_deadline();
                 }
                 match lost_signal.recv_timeout(Duration::from_millis(5)) {
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -297,35 +302,6 @@ fn run_schedule_on(b: Backend, s: &Schedule, flaky: &Arc<FlakyStore>) -> Result<
     Ok(())
 }
 
-/// A mutex guard or a permit: what the checks need of either.
-enum Guard {
-    Mutex(db_locks::MutexGuard),
-    Permit(db_locks::SemaphorePermit),
-}
-
-impl Guard {
-    fn is_held(&self) -> bool {
-        match self {
-            Guard::Mutex(g) => g.is_held(),
-            Guard::Permit(p) => p.is_held(),
-        }
-    }
-
-    fn expires_at(&self) -> Instant {
-        match self {
-            Guard::Mutex(g) => g.expires_at(),
-            Guard::Permit(p) => p.expires_at(),
-        }
-    }
-
-    fn lost_signal(&self) -> crossbeam_channel::Receiver<()> {
-        match self {
-            Guard::Mutex(g) => g.lost_signal(),
-            Guard::Permit(p) => p.lost_signal(),
-        }
-    }
-}
-
 fn cases() -> u32 {
     std::env::var("DB_LOCKS_FAULT_CASES")
         .ok()
@@ -362,7 +338,7 @@ fn store_faults(b: Backend) {
 /// The store's server address and a config for a manager that reaches it through `proxy`.
 fn through(b: Backend, proxy_port: u16, tenant: &str) -> LocksConfig {
     let mut config = b.config(tenant);
-    config.io_timeout_ms = IO_TIMEOUT.as_millis() as u64 * 2;
+    config.io_timeout = Duration::from_millis(IO_TIMEOUT.as_millis() as u64 * 2);
     config.pool_size = 4;
     let swap = |url: &str| {
         let mut parsed = url::Url::parse(url).unwrap();
@@ -412,14 +388,17 @@ fn stalled_server(b: Backend) {
     let tenant = unique("t-stall");
     let key = unique("stalled");
     let m = proxied_manager(b, &proxy, &tenant);
-    let io_timeout = Duration::from_millis(m.config().io_timeout_ms);
-    let guard = m.lock(&mutex_opts(&key, Duration::ZERO)).unwrap();
+    let io_timeout = m.config().io_timeout;
+    let guard = m
+        .try_lock(&key, &LockOptions::new().lease(LEASE))
+        .unwrap()
+        .expect("free");
     let lost = guard.lost_signal();
     thread::sleep(Duration::from_millis(200));
     proxy.set(Mode::Stall);
-    let deadline = guard.expires_at() + Duration::from_millis(450); // at most one more renewal
+    let deadline = guard.local_deadline() + Duration::from_millis(450); // at most one more renewal
     let referee = b.manager_with(&tenant, b.store(), |c| {
-        c.dynamodb_trust_expiry_with_skew_ms = Some(100);
+        c.dynamodb_trust_expiry_with_skew = Some(Duration::from_millis(100));
     });
     let fired = lost.recv_timeout(Duration::from_secs(10));
     let lost_at = Instant::now();
@@ -453,7 +432,7 @@ fn stalled_server(b: Backend) {
         deadline.saturating_duration_since(lost_at)
     );
     proxy.set(Mode::Pass);
-    assert!(referee.release_lock(&got.to_release_options()).unwrap());
+    referee.release_lock(&got.to_release_options()).unwrap();
 }
 
 /// Connections cut (FIN) and reset (RST) again and again, and a slow network: the guard keeps
@@ -465,9 +444,8 @@ fn cut_reset_and_slow_connections(b: Backend) {
     let m = proxied_manager(b, &proxy, &tenant);
     let guard = m
         .lock(
-            &AcquireLockOptionsBuilder::new(&key)
-                .with_lease_duration_millis(3_000)
-                .build(),
+            &key,
+            &LockOptions::new().lease(Duration::from_millis(3_000)),
         )
         .unwrap();
     let started = Instant::now();

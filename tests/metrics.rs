@@ -3,7 +3,9 @@
 #![cfg(feature = "sqlite")]
 
 use db_locks::prometheus::Registry;
-use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig};
+use std::time::Duration;
+
+use db_locks::{LockManager, LockOptions, LocksConfig};
 
 fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
     registry
@@ -29,14 +31,11 @@ fn operations_and_guards_are_counted() {
         .with_database_url(dir.path().join("m.sqlite").display().to_string());
     let registry = Registry::new();
     let manager = LockManager::with_registry(&config, &registry).unwrap();
-    let opts = AcquireLockOptionsBuilder::new("metered")
-        .with_lease_duration_secs(10)
-        .with_wait_duration_secs(0)
-        .build();
+    let opts = LockOptions::new().lease(Duration::from_secs(10));
 
-    let guard = manager.lock(&opts).unwrap();
+    let guard = manager.try_lock("metered", &opts).unwrap().expect("free");
     assert_eq!(counter(&registry, "db_locks_guards_held", &[]), 1.0);
-    assert!(manager.try_lock(&opts).unwrap().is_none());
+    assert!(manager.try_lock("metered", &opts).unwrap().is_none());
     guard.release().unwrap();
     assert_eq!(counter(&registry, "db_locks_guards_held", &[]), 0.0);
 
@@ -80,10 +79,12 @@ fn managers_on_one_registry_share_their_counters() {
     let second = LockManager::with_registry(&config, &registry.clone()).unwrap();
     let elsewhere = LockManager::with_registry(&config, &Registry::new()).unwrap();
     for (i, manager) in [&first, &second, &elsewhere].into_iter().enumerate() {
-        let opts = AcquireLockOptionsBuilder::new(format!("shared-{i}"))
-            .with_lease_duration_secs(10)
-            .build();
-        manager.lock(&opts).unwrap().release().unwrap();
+        let opts = LockOptions::new().lease(Duration::from_secs(10));
+        manager
+            .lock(&format!("shared-{i}"), &opts)
+            .unwrap()
+            .release()
+            .unwrap();
     }
     let granted = [
         ("store", "sqlite"),

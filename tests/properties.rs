@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use db_locks::{
-    AcquireLockOptionsBuilder, LockError, LockManager, MutexGuard, MutexLock,
+    AcquireLockOptionsBuilder, LockError, LockManager, LockOptions, MutexGuard, MutexLock,
     ReleaseLockOptionsBuilder, SemaphoreBuilder, SendHeartbeatOptionsBuilder,
 };
 use proptest::prelude::*;
@@ -320,7 +320,7 @@ impl Model {
             token: lock.fencing_token,
             sent,
             received,
-            lease: Duration::from_millis(lock.lease_duration_ms as u64),
+            lease: lock.lease_duration,
             state: State::Held,
             refused: false,
             delete_on_release: lock.delete_on_release,
@@ -353,7 +353,8 @@ impl Case {
             .iter()
             .map(|t| {
                 backend.manager_with(t, backend.store(), |c| {
-                    c.dynamodb_trust_expiry_with_skew_ms = Some(DYNAMODB_SKEW.as_millis() as u64);
+                    c.dynamodb_trust_expiry_with_skew =
+                        Some(Duration::from_millis(DYNAMODB_SKEW.as_millis() as u64));
                 })
             })
             .collect();
@@ -586,7 +587,7 @@ impl Case {
                     .push(std::mem::replace(&mut l.version, renewed.version));
                 l.sent = sent;
                 l.received = received;
-                l.lease = Duration::from_millis(renewed.lease_duration_ms as u64);
+                l.lease = renewed.lease_duration;
                 Ok(())
             }
             Err(LockError::NotHeld { .. }) => {
@@ -634,9 +635,11 @@ impl Case {
         if let Some(d) = &data {
             opts = opts.with_data(d);
         }
-        let released = self.managers[lease.tenant]
-            .release_lock(&opts.build())
-            .map_err(|e| format!("release: {e:?}"))?;
+        let released = match self.managers[lease.tenant].release_lock(&opts.build()) {
+            Ok(()) => true,
+            Err(LockError::NotHeld { .. }) => false,
+            Err(e) => return Err(format!("release: {e:?}")),
+        };
         let received = Instant::now();
         let live = self.model.definitely_live(&lease, received);
         // A lease that ran out but that nobody took is still the holder's to release.
@@ -706,8 +709,15 @@ impl Case {
             (Ok(false), None) if exists && !possibly => {
                 return Err("a free mutex was not deleted".into())
             }
-            (Ok(false), Some(_)) if own => {
+            (Ok(false) | Err(LockError::NotHeld { .. }), Some(_)) if own => {
                 return Err("not deleted with the holder's own version".into())
+            }
+            // A version that is not the record's is `NotHeld`; no record at all, `Ok(false)`.
+            (Ok(false), Some(_)) if exists => {
+                return Err("Ok(false) for an existing mutex and another version".into())
+            }
+            (Err(LockError::NotHeld { .. }), Some(_)) if !exists => {
+                return Err("NotHeld for a mutex that does not exist".into())
             }
             (Err(LockError::Conflict(_)), None) if !possibly => {
                 return Err("Conflict for a mutex nobody holds".into())
@@ -715,6 +725,7 @@ impl Case {
             (Err(LockError::Conflict(_)), Some(_)) => {
                 return Err("Conflict for a delete with a version".into())
             }
+            (Err(LockError::NotHeld { .. }), Some(_)) => {}
             (Err(e), _) if !matches!(e, LockError::Conflict(_)) => {
                 return Err(format!("delete_mutex: {e:?}"))
             }
@@ -741,7 +752,7 @@ impl Case {
         let key = self.names.sems[sem].clone();
         let outcome = self.managers[tenant].create_semaphore(
             &SemaphoreBuilder::new(&key, size)
-                .with_lease_duration_millis(lease_ms as i64)
+                .with_lease_duration_millis(lease_ms)
                 .build(),
         );
         match outcome {
@@ -796,10 +807,10 @@ impl Case {
                     return Err(format!("a permit of another semaphore: {lock:?}"));
                 }
                 let expected = lease_ms.map(Duration::from_millis).unwrap_or(sem_lease);
-                if Duration::from_millis(lock.lease_duration_ms as u64) != expected {
+                if lock.lease_duration != expected {
                     return Err(format!(
-                        "permit lease {} ms, expected {expected:?}",
-                        lock.lease_duration_ms
+                        "permit lease {:?}, expected {expected:?}",
+                        lock.lease_duration
                     ));
                 }
                 self.model
@@ -856,16 +867,13 @@ impl Case {
 
     fn lock(&mut self, tenant: usize, key: usize) -> Result<(), String> {
         let name = self.names.keys[key].clone();
-        let opts = AcquireLockOptionsBuilder::new(&name)
-            .with_lease_duration_millis(2_000)
-            .with_wait_duration_millis(0)
-            .build();
+        let opts = LockOptions::new().lease(Duration::from_millis(2_000));
         let sent = Instant::now();
-        let outcome = self.managers[tenant].try_lock(&opts);
+        let outcome = self.managers[tenant].try_lock(&name, &opts);
         let received = Instant::now();
         match outcome {
             Ok(Some(guard)) => {
-                let lock = guard.lock_record();
+                let lock = guard.record();
                 let previous = self.model.records.get(&(tenant, key)).cloned().flatten();
                 if lock.data != previous {
                     return Err(format!("guard data {:?}, expected {previous:?}", lock.data));

@@ -13,8 +13,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use db_locks::store::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
-use db_locks::{AcquireLockOptionsBuilder, LockError, LockManager, LocksConfig, SemaphoreBuilder};
+use db_locks::store::{
+    LockStore, MutexRequest, PermitRequest, ReleaseRequest, RenewRequest, Target,
+};
+use db_locks::{
+    AcquireLockOptionsBuilder, LockError, LockManager, LockOptions, LocksConfig, PermitOptions,
+    SemaphoreBuilder,
+};
 
 use support::{unique, Backend, FlakyStore};
 
@@ -28,15 +33,31 @@ fn acquire<'a>(
     tenant: &'a str,
     key: &'a str,
     version: &'a str,
-    lease_ms: i64,
-) -> AcquireRequest<'a> {
-    AcquireRequest {
+    lease: Duration,
+) -> MutexRequest<'a> {
+    MutexRequest {
         tenant_id: tenant,
         key,
         version,
-        lease_ms,
+        lease,
         data: None,
         delete_on_release: false,
+    }
+}
+
+/// A permit request; `lease: None` takes the semaphore's.
+fn permit<'a>(
+    tenant: &'a str,
+    semaphore: &'a str,
+    version: &'a str,
+    lease: Option<Duration>,
+) -> PermitRequest<'a> {
+    PermitRequest {
+        tenant_id: tenant,
+        semaphore,
+        version,
+        lease,
+        data: None,
         retry: false,
     }
 }
@@ -63,7 +84,7 @@ fn sub_second_lease_expires_on_time() {
     let lease = Duration::from_millis(250);
     let sent = Instant::now();
     let first = store
-        .try_acquire_mutex(&acquire(tenant, &key, &version(), lease.as_millis() as i64))
+        .acquire_mutex(&acquire(tenant, &key, &version(), lease))
         .unwrap()
         .expect("free");
     // expires_at comes from the server's clock: on this machine it is ~250 ms ahead.
@@ -76,7 +97,12 @@ fn sub_second_lease_expires_on_time() {
     let other = version();
     let granted = loop {
         if let Some(lock) = store
-            .try_acquire_mutex(&acquire(tenant, &key, &other, 10_000))
+            .acquire_mutex(&acquire(
+                tenant,
+                &key,
+                &other,
+                Duration::from_millis(10_000),
+            ))
             .unwrap()
         {
             break lock;
@@ -109,14 +135,24 @@ fn sub_second_permit_expires_on_time() {
     let tenant = m.tenant_id().to_owned();
     let sent = Instant::now();
     let crashed = store
-        .try_acquire_permit(&acquire(&tenant, &key, &version(), 300))
+        .acquire_permit(&permit(
+            &tenant,
+            &key,
+            &version(),
+            Some(Duration::from_millis(300)),
+        ))
         .unwrap()
         .expect("free");
-    assert_eq!(crashed.lease_duration_ms, 300);
+    assert_eq!(crashed.lease_duration, Duration::from_millis(300));
     assert_eq!(m.get_semaphore(&key).unwrap().unwrap().busy_count, 1);
     let granted = loop {
         if let Some(p) = store
-            .try_acquire_permit(&acquire(&tenant, &key, &version(), 10_000))
+            .acquire_permit(&permit(
+                &tenant,
+                &key,
+                &version(),
+                Some(Duration::from_millis(10_000)),
+            ))
             .unwrap()
         {
             break p;
@@ -142,24 +178,29 @@ fn sub_second_permit_expires_on_time() {
     );
     assert!(granted.fencing_token > crashed.fencing_token);
     // The crashed holder can neither renew nor release the reclaimed slot.
+    let index = db_locks::validate_lock_key(&crashed.mutex_key, Some(&key))
+        .unwrap()
+        .expect("a slot key");
+    let slot = Target::Slot {
+        semaphore: &key,
+        index,
+    };
     let renew = RenewRequest {
         tenant_id: &tenant,
-        semaphore_key: Some(&key),
-        key: &crashed.mutex_key,
+        target: slot,
         version: &crashed.version,
         new_version: &version(),
-        lease_ms: 1_000,
+        lease: Some(Duration::from_millis(1_000)),
         data: None,
     };
     assert!(store.renew(&renew).unwrap().is_none());
     let release = ReleaseRequest {
         tenant_id: &tenant,
-        semaphore_key: Some(&key),
-        key: &crashed.mutex_key,
+        target: slot,
         version: &crashed.version,
         in_doubt_version: None,
         data: None,
-        delete: None,
+        delete: false,
     };
     assert!(!store.release(&release).unwrap());
     assert_eq!(m.get_semaphore(&key).unwrap().unwrap().busy_count, 1);
@@ -170,17 +211,21 @@ fn lost_renewal_reply_is_retried_idempotently() {
     let store = B.store();
     let (tenant, key) = ("t-redis-lost-reply", unique("lost-reply"));
     let lock = store
-        .try_acquire_mutex(&acquire(tenant, &key, &version(), 5_000))
+        .acquire_mutex(&acquire(
+            tenant,
+            &key,
+            &version(),
+            Duration::from_millis(5_000),
+        ))
         .unwrap()
         .unwrap();
     let new_version = version();
     let renew = RenewRequest {
         tenant_id: tenant,
-        semaphore_key: None,
-        key: &key,
+        target: Target::Mutex(&key),
         version: &lock.version,
         new_version: &new_version,
-        lease_ms: 5_000,
+        lease: Some(Duration::from_millis(5_000)),
         data: None,
     };
     // The first renewal succeeds on the server; say its reply was lost. The retry of the
@@ -195,7 +240,12 @@ fn lost_renewal_reply_is_retried_idempotently() {
     assert_eq!(retry.fencing_token, lock.fencing_token);
     assert!(retry.expires_at >= first.expires_at);
     assert!(store
-        .try_acquire_mutex(&acquire(tenant, &key, &version(), 5_000))
+        .acquire_mutex(&acquire(
+            tenant,
+            &key,
+            &version(),
+            Duration::from_millis(5_000)
+        ))
         .unwrap()
         .is_none());
 }
@@ -206,11 +256,7 @@ fn lost_renewal_replies_do_not_lose_a_guards_lease() {
     let m = B.manager_over("t-redis-lost-replies", flaky.clone());
     let key = unique("lost-replies");
     let guard = m
-        .lock(
-            &AcquireLockOptionsBuilder::new(&key)
-                .with_lease_duration_millis(600)
-                .build(),
-        )
+        .lock(&key, &LockOptions::new().lease(Duration::from_millis(600)))
         .unwrap();
     let token = guard.fencing_token();
     flaky.lose_renewal_replies.store(3, Ordering::SeqCst);
@@ -222,10 +268,7 @@ fn lost_renewal_replies_do_not_lose_a_guards_lease() {
             "a renewal whose reply was lost ended the lease"
         );
         assert!(
-            other
-                .try_lock(&AcquireLockOptionsBuilder::new(&key).build())
-                .unwrap()
-                .is_none(),
+            other.try_lock(&key, &LockOptions::new()).unwrap().is_none(),
             "taken while the holder's renewals succeeded"
         );
         thread::sleep(Duration::from_millis(50));
@@ -234,7 +277,7 @@ fn lost_renewal_replies_do_not_lose_a_guards_lease() {
     guard.ensure_held().unwrap();
     assert_eq!(guard.fencing_token(), token);
     let stored = m.get_mutex(&key).unwrap().unwrap();
-    assert_eq!(stored.version, guard.lock_record().version);
+    assert_eq!(stored.version, guard.record().version);
     guard.release().unwrap();
 }
 
@@ -246,7 +289,12 @@ fn every_lock_key_has_a_ttl_and_every_key_names_its_tenant() {
     let key = "key:with{braces}";
     let mut conn = raw();
     let lock = store
-        .try_acquire_mutex(&acquire(tenant, key, &version(), 1_500))
+        .acquire_mutex(&acquire(
+            tenant,
+            key,
+            &version(),
+            Duration::from_millis(1_500),
+        ))
         .unwrap()
         .unwrap();
     let lock_key = format!("{prefix}:{{tenant%3A%7Bodd%7D}}:m:key%3Awith%7Bbraces%7D:lock");
@@ -256,11 +304,10 @@ fn every_lock_key_has_a_ttl_and_every_key_names_its_tenant() {
     store
         .renew(&RenewRequest {
             tenant_id: tenant,
-            semaphore_key: None,
-            key,
+            target: Target::Mutex(key),
             version: &lock.version,
             new_version: &new_version,
-            lease_ms: 800,
+            lease: Some(Duration::from_millis(800)),
             data: None,
         })
         .unwrap()
@@ -271,18 +318,14 @@ fn every_lock_key_has_a_ttl_and_every_key_names_its_tenant() {
     assert_eq!(stored, new_version);
 
     let sem = "pool:1";
+    let mut semaphore = SemaphoreBuilder::new(sem, 2)
+        .with_lease_duration_millis(1_000)
+        .build();
+    semaphore.tenant_id = tenant.into();
+    semaphore.version = version();
+    store.put_semaphore(&semaphore).unwrap();
     store
-        .put_semaphore(&db_locks::Semaphore {
-            semaphore_key: sem.into(),
-            tenant_id: tenant.into(),
-            version: version(),
-            max_size: 2,
-            lease_duration_ms: 1_000,
-            busy_count: 0,
-        })
-        .unwrap();
-    store
-        .try_acquire_permit(&acquire(tenant, sem, &version(), 0))
+        .acquire_permit(&permit(tenant, sem, &version(), None))
         .unwrap()
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -312,19 +355,23 @@ fn scripts_are_reloaded_after_a_script_flush() {
     let (tenant, key) = ("t-redis-noscript", unique("noscript"));
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
     let lock = store
-        .try_acquire_mutex(&acquire(tenant, &key, &version(), 5_000))
+        .acquire_mutex(&acquire(
+            tenant,
+            &key,
+            &version(),
+            Duration::from_millis(5_000),
+        ))
         .unwrap()
         .expect("granted after reloading the script");
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw()).unwrap();
     assert!(store
         .release(&ReleaseRequest {
             tenant_id: tenant,
-            semaphore_key: None,
-            key: &key,
+            target: Target::Mutex(&key),
             version: &lock.version,
             in_doubt_version: None,
             data: None,
-            delete: Some(true),
+            delete: true,
         })
         .unwrap());
 }
@@ -337,13 +384,8 @@ fn shrinking_retires_held_slots_when_released() {
         .unwrap();
     let permits: Vec<_> = (0..3)
         .map(|_| {
-            m.acquire_permit(
-                &AcquireLockOptionsBuilder::new(&key)
-                    .with_requires_semaphore(true)
-                    .with_lease_duration_secs(10)
-                    .build(),
-            )
-            .unwrap()
+            m.acquire_permit(&key, &PermitOptions::new().lease(Duration::from_secs(10)))
+                .unwrap()
         })
         .collect();
     let first_tokens: Vec<i64> = permits.iter().map(|p| p.fencing_token()).collect();
@@ -367,14 +409,7 @@ fn shrinking_retires_held_slots_when_released() {
     expected.sort_unstable();
     assert_eq!(shown, expected, "each slot shows its last token: {slots:?}");
     let again: Vec<_> = (0..3)
-        .map(|_| {
-            m.acquire_permit(
-                &AcquireLockOptionsBuilder::new(&key)
-                    .with_requires_semaphore(true)
-                    .build(),
-            )
-            .unwrap()
-        })
+        .map(|_| m.acquire_permit(&key, &PermitOptions::new()).unwrap())
         .collect();
     let highest = first_tokens.iter().max().unwrap();
     assert!(again.iter().all(|p| p.fencing_token() > *highest));
@@ -391,7 +426,7 @@ fn unreachable_server_fails_fast_without_leaking_the_password() {
     let mut config =
         LocksConfig::new("t").with_redis_url(format!("redis://:hunter2secret@127.0.0.1:{port}"));
     config.provider = db_locks::Provider::Redis;
-    config.connect_timeout_ms = 500;
+    config.connect_timeout = Duration::from_millis(500);
     let started = Instant::now();
     let err = LockManager::connect(&config).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -413,8 +448,8 @@ fn a_silent_server_times_out() {
     });
     let mut config = LocksConfig::new("t").with_redis_url(format!("redis://127.0.0.1:{port}"));
     config.provider = db_locks::Provider::Redis;
-    config.connect_timeout_ms = 400;
-    config.io_timeout_ms = 400;
+    config.connect_timeout = Duration::from_millis(400);
+    config.io_timeout = Duration::from_millis(400);
     let started = Instant::now();
     let err = db_locks::store::connect(&config).unwrap_err();
     assert!(matches!(err, LockError::Unavailable(_)), "{err:?}");
@@ -448,8 +483,8 @@ fn fencing_tokens_survive_the_loss_of_their_counters() {
         let permit = m.acquire_lock(&opts(&sem, true)).unwrap();
         assert!(lock.fencing_token > last.0 && permit.fencing_token > last.1);
         last = (lock.fencing_token, permit.fencing_token);
-        assert!(m.release_lock(&lock.to_release_options()).unwrap());
-        assert!(m.release_lock(&permit.to_release_options()).unwrap());
+        m.release_lock(&lock.to_release_options()).unwrap();
+        m.release_lock(&permit.to_release_options()).unwrap();
     }
     let mut raw = raw();
     let deleted: i64 = redis::cmd("DEL")

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use db_locks::{AcquireLockOptionsBuilder, LockManager, LocksConfig, SemaphoreBuilder};
+use db_locks::{
+    AcquireLockOptionsBuilder, LockManager, LockOptions, LocksConfig, PermitOptions,
+    SemaphoreBuilder,
+};
 
 use support::unique;
 
@@ -42,8 +45,14 @@ fn restart_under_guards(config: LocksConfig, crash: impl Fn(), restart: impl Fn(
     let (key, sem) = (unique("restart"), unique("restart-sem"));
     m.create_semaphore(&SemaphoreBuilder::new(&sem, 1).build())
         .unwrap();
-    let guard = m.lock(&opts(&key, false)).unwrap();
-    let permit = m.acquire_permit(&opts(&sem, true)).unwrap();
+    let guard = m
+        .try_lock(&key, &LockOptions::new().lease(LEASE))
+        .unwrap()
+        .expect("free");
+    let permit = m
+        .try_acquire_permit(&sem, &PermitOptions::new().lease(LEASE))
+        .unwrap()
+        .expect("free");
     let (guard_token, permit_token) = (guard.fencing_token(), permit.fencing_token());
     let (guard_lost, permit_lost) = (guard.lost_signal(), permit.lost_signal());
     let stop = AtomicBool::new(false);
@@ -132,10 +141,10 @@ fn restart_under_guards(config: LocksConfig, crash: impl Fn(), restart: impl Fn(
 
 fn config(url: impl FnOnce(&mut LocksConfig)) -> LocksConfig {
     let mut config = LocksConfig::new(unique("t-restart"));
-    config.io_timeout_ms = 1_000;
-    config.connect_timeout_ms = 1_000;
-    config.retry_base_ms = 5;
-    config.retry_max_ms = 50;
+    config.io_timeout = Duration::from_millis(1_000);
+    config.connect_timeout = Duration::from_millis(1_000);
+    config.retry_base = Duration::from_millis(5);
+    config.retry_max = Duration::from_millis(50);
     url(&mut config);
     config
 }

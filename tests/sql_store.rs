@@ -55,14 +55,14 @@ fn old_records(tenant: &str) -> Vec<String> {
 /// checks that every record kept its meaning.
 fn check_upgraded(database_url: String, tenant: &str) {
     let mut config = LocksConfig::new(tenant).with_database_url(database_url);
-    config.retry_max_ms = 50;
+    config.retry_max = Duration::from_millis(50);
     let m = LockManager::connect(&config).expect("the upgrade runs");
     let held = m.get_mutex("old-mutex").unwrap().unwrap();
     assert!(held.locked && held.version == "v-mutex" && held.fencing_token == 7);
     let renewed = m
         .send_heartbeat(&held.to_heartbeat_options())
         .expect("a lease granted before the upgrade renews after it");
-    assert!(m.release_lock(&renewed.to_release_options()).unwrap());
+    m.release_lock(&renewed.to_release_options()).unwrap();
     // Two live permits (one of them on the retired slot) fill the semaphore of size 2.
     let pool = m.get_semaphore("pool").unwrap().unwrap();
     assert_eq!((pool.max_size, pool.busy_count), (2, 2));
@@ -78,7 +78,7 @@ fn check_upgraded(database_url: String, tenant: &str) {
     assert!(try_permit().is_none(), "the retired slot must still count");
     let slots = m.get_semaphore_mutexes("pool").unwrap();
     let retired = slots.iter().find(|s| s.mutex_key == "pool_2").unwrap();
-    assert!(m.release_lock(&retired.to_release_options()).unwrap());
+    m.release_lock(&retired.to_release_options()).unwrap();
     let permit = try_permit().expect("1 of 2 live: a permit is free");
     // The busy try above let the live retired slot take the free one's place; either way the
     // permit is not on the slot still held.
@@ -86,11 +86,9 @@ fn check_upgraded(database_url: String, tenant: &str) {
     assert!(try_permit().is_none());
     assert_eq!(m.get_semaphore("pool").unwrap().unwrap().busy_count, 2);
     // Names are exact now.
-    let padded = LockManager::connect(&LocksConfig {
-        tenant_id: format!("{tenant} "),
-        ..config.clone()
-    })
-    .unwrap();
+    let mut padded_config = config.clone();
+    padded_config.tenant_id = format!("{tenant} ");
+    let padded = LockManager::connect(&padded_config).unwrap();
     assert!(padded.get_mutex("old-mutex").unwrap().is_none());
 }
 
@@ -311,7 +309,7 @@ mod mysql {
         let key = unique("row-locked");
         let m = b.manager(&tenant);
         let lock = m.acquire_lock(&mutex(&key, 20_000, 0)).unwrap();
-        assert!(m.release_lock(&lock.to_release_options()).unwrap());
+        m.release_lock(&lock.to_release_options()).unwrap();
         let mut holder = raw();
         holder
             .batch_execute(&format!(
@@ -320,7 +318,7 @@ mod mysql {
             ))
             .unwrap();
         let mut config = b.config(&tenant);
-        config.io_timeout_ms = 1_000; // innodb_lock_wait_timeout = 1 s
+        config.io_timeout = Duration::from_millis(1_000); // innodb_lock_wait_timeout = 1 s
         let store = db_locks::store::connect(&config).unwrap();
         let m = b.manager_over(&tenant, store);
         let err = m.try_acquire_lock(&mutex(&key, 20_000, 0)).unwrap_err();

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use db_locks::{AcquireLockOptionsBuilder, SemaphoreBuilder};
+use db_locks::{LeaseGuard, LockOptions, PermitOptions, SemaphoreBuilder};
 
 use support::{unique, Backend};
 
@@ -147,7 +147,7 @@ fn torture_worker_entry() {
             let (tenant, prefix, resource) = (&tenant, &prefix, &resource);
             scope.spawn(move || {
                 let manager = backend.manager_with(tenant, backend.store(), |c| {
-                    c.dynamodb_trust_expiry_with_skew_ms = Some(100);
+                    c.dynamodb_trust_expiry_with_skew = Some(Duration::from_millis(100));
                 });
                 let who = format!("{pid}/{thread}");
                 let mut n = 0u64;
@@ -160,23 +160,22 @@ fn torture_worker_entry() {
                     } else {
                         format!("{prefix}-m{target}")
                     };
-                    let opts = AcquireLockOptionsBuilder::new(&key)
-                        .with_requires_semaphore(permit)
-                        .with_lease_duration(LEASE)
-                        .with_wait_duration(Duration::from_secs(5))
-                        .build();
-                    let guard = if permit {
-                        match manager.acquire_permit(&opts) {
-                            Ok(p) => Guard::Permit(p),
-                            Err(_) => continue,
+                    let wait = Duration::from_secs(5);
+                    let guard: LeaseGuard = if permit {
+                        let opts = PermitOptions::new().lease(LEASE);
+                        match manager.try_acquire_permit_for(&key, wait, &opts) {
+                            Ok(Some(p)) => p.into(),
+                            _ => continue,
                         }
                     } else {
-                        match manager.lock(&opts) {
-                            Ok(g) => Guard::Mutex(g),
-                            Err(_) => continue,
+                        let opts = LockOptions::new().lease(LEASE);
+                        match manager.try_lock_for(&key, wait, &opts) {
+                            Ok(Some(g)) => g.into(),
+                            _ => continue,
                         }
                     };
-                    let (name, token) = guard.name_and_token();
+                    // The name the resource knows it by (a permit: its slot).
+                    let (name, token) = (guard.key().to_owned(), guard.fencing_token());
                     if resource.write("enter", &name, token, &who, guard.is_held()) {
                         std::thread::sleep(Duration::from_millis(n % 4));
                         // The guard may have lost the lease meanwhile (a freeze, a starved
@@ -189,28 +188,6 @@ fn torture_worker_entry() {
             });
         }
     });
-}
-
-enum Guard {
-    Mutex(db_locks::MutexGuard),
-    Permit(db_locks::SemaphorePermit),
-}
-
-impl Guard {
-    /// The name the resource knows it by (a permit: its slot) and its fencing token.
-    fn name_and_token(&self) -> (String, i64) {
-        match self {
-            Guard::Mutex(g) => (g.lock_record().mutex_key, g.fencing_token()),
-            Guard::Permit(p) => (p.lock_record().mutex_key, p.fencing_token()),
-        }
-    }
-
-    fn is_held(&self) -> bool {
-        match self {
-            Guard::Mutex(g) => g.is_held(),
-            Guard::Permit(p) => p.is_held(),
-        }
-    }
 }
 
 fn unix_ms() -> u128 {

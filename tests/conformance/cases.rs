@@ -6,11 +6,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use db_locks::{
-    AcquireLockOptions, AcquireLockOptionsBuilder, ErrorKind, LockError, ReleaseLockOptionsBuilder,
-    SemaphoreBuilder, SendHeartbeatOptionsBuilder,
+    AcquireLockOptions, AcquireLockOptionsBuilder, ErrorKind, LockError, PermitOptions,
+    ReleaseLockOptionsBuilder, SemaphoreBuilder, SendHeartbeatOptionsBuilder,
 };
 
-use crate::support::{unique, Backend, FlakyStore};
+use crate::support::{lease, ms, permit_lease, unique, Backend, FlakyStore};
 
 fn opts(key: &str, lease_ms: u64, wait_ms: u64) -> AcquireLockOptions {
     AcquireLockOptionsBuilder::new(key)
@@ -59,7 +59,10 @@ pub fn exclusion_across_threads(b: Backend) {
                 // Separate managers: as separate as threads get without separate processes.
                 let manager = b.manager("t-exclusion");
                 for _ in 0..8 {
-                    let guard = manager.lock(&opts(&key, 5_000, 30_000)).unwrap();
+                    let guard = manager
+                        .try_lock_for(&key, ms(30_000), &lease(5_000))
+                        .unwrap()
+                        .expect("granted");
                     occupancy.enter();
                     let seen = counter.load(Ordering::SeqCst);
                     thread::sleep(Duration::from_millis(1 + i % 2));
@@ -80,10 +83,20 @@ pub fn exclusion_across_threads(b: Backend) {
 pub fn busy_then_not_granted_after_wait(b: Backend) {
     let key = unique("busy");
     let m = b.manager("t-busy");
-    let _held = m.lock(&opts(&key, 10_000, 0)).unwrap();
-    assert!(m.try_lock(&opts(&key, 10_000, 0)).unwrap().is_none());
+    let _held = m.try_lock(&key, &lease(10_000)).unwrap().expect("granted");
+    assert!(m.try_lock(&key, &lease(10_000)).unwrap().is_none());
     let started = Instant::now();
-    let err = m.lock(&opts(&key, 10_000, 300)).unwrap_err();
+    assert!(m
+        .try_lock_for(&key, ms(300), &lease(10_000))
+        .unwrap()
+        .is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "gave up before the wait was over"
+    );
+    // `lock` waits as long as the lease it asks for.
+    let started = Instant::now();
+    let err = m.lock(&key, &lease(300)).unwrap_err();
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "gave up before the wait was over"
@@ -101,12 +114,9 @@ pub fn busy_then_not_granted_after_wait(b: Backend) {
 pub fn zero_wait_tries_once(b: Backend) {
     let key = unique("zero-wait");
     let m = b.manager("t-zero-wait");
-    let _held = m.lock(&opts(&key, 10_000, 0)).unwrap();
+    let _held = m.try_lock(&key, &lease(10_000)).unwrap().expect("granted");
     let started = Instant::now();
-    assert!(matches!(
-        m.lock(&opts(&key, 10_000, 0)),
-        Err(LockError::NotGranted { .. })
-    ));
+    assert!(matches!(m.try_lock(&key, &lease(10_000)), Ok(None)));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -126,12 +136,15 @@ pub fn stale_versions_are_rejected(b: Backend) {
     // The old version no longer renews or releases.
     let err = m.send_heartbeat(&first.to_heartbeat_options()).unwrap_err();
     assert!(matches!(err, LockError::NotHeld { .. }), "{err:?}");
-    assert!(!m.release_lock(&first.to_release_options()).unwrap());
+    assert!(matches!(
+        m.release_lock(&first.to_release_options()),
+        Err(LockError::NotHeld { .. })
+    ));
     // Without a lease, a renewal keeps the current one (not the config's default).
     let kept = m
         .send_heartbeat(&SendHeartbeatOptionsBuilder::new(&key, &renewed.version).build())
         .unwrap();
-    assert_eq!(kept.lease_duration_ms, 10_000);
+    assert_eq!(kept.lease_duration, Duration::from_millis(10_000));
     let renewed = kept;
     // A made-up version neither.
     let bogus = SendHeartbeatOptionsBuilder::new(&key, uuid::Uuid::new_v4().to_string()).build();
@@ -144,8 +157,11 @@ pub fn stale_versions_are_rejected(b: Backend) {
         "failed calls change nothing"
     );
     // The current one does, once.
-    assert!(m.release_lock(&renewed.to_release_options()).unwrap());
-    assert!(!m.release_lock(&renewed.to_release_options()).unwrap());
+    m.release_lock(&renewed.to_release_options()).unwrap();
+    assert!(matches!(
+        m.release_lock(&renewed.to_release_options()),
+        Err(LockError::NotHeld { .. })
+    ));
     assert!(matches!(
         m.send_heartbeat(&renewed.to_heartbeat_options()),
         Err(LockError::NotHeld { .. })
@@ -169,8 +185,11 @@ pub fn expired_lease_is_taken_over(b: Backend) {
         holder.send_heartbeat(&crashed.to_heartbeat_options()),
         Err(LockError::NotHeld { .. })
     ));
-    assert!(!holder.release_lock(&crashed.to_release_options()).unwrap());
-    assert!(other.release_lock(&taken.to_release_options()).unwrap());
+    assert!(matches!(
+        holder.release_lock(&crashed.to_release_options()),
+        Err(LockError::NotHeld { .. })
+    ));
+    other.release_lock(&taken.to_release_options()).unwrap();
 }
 
 pub fn fencing_tokens_increase(b: Backend) {
@@ -178,7 +197,10 @@ pub fn fencing_tokens_increase(b: Backend) {
     let m = b.manager("t-fencing");
     let mut last = i64::MIN;
     for _ in 0..5 {
-        let guard = m.lock(&opts(&key, 10_000, 1_000)).unwrap();
+        let guard = m
+            .try_lock_for(&key, ms(1_000), &lease(10_000))
+            .unwrap()
+            .expect("granted");
         assert!(
             guard.fencing_token() > last,
             "{} <= {last}",
@@ -208,7 +230,7 @@ pub fn fencing_tokens_increase_across_deletion(b: Backend) {
             lock.fencing_token
         );
         last = lock.fencing_token;
-        assert!(m.release_lock(&lock.to_release_options()).unwrap());
+        m.release_lock(&lock.to_release_options()).unwrap();
         assert!(
             m.get_mutex(&key).unwrap().is_none(),
             "delete-on-release deletes"
@@ -216,7 +238,7 @@ pub fn fencing_tokens_increase_across_deletion(b: Backend) {
     }
     // An administrative delete does not reset the token either.
     let lock = m.acquire_lock(&opts(&key, 10_000, 0)).unwrap();
-    assert!(m.release_lock(&lock.to_release_options()).unwrap());
+    m.release_lock(&lock.to_release_options()).unwrap();
     assert!(m.delete_mutex(&key, None).unwrap());
     let again = m.acquire_lock(&opts(&key, 10_000, 0)).unwrap();
     assert!(again.fencing_token > lock.fencing_token);
@@ -243,20 +265,19 @@ pub fn data_is_kept_and_replaced(b: Backend) {
         .unwrap();
     assert_eq!(renewed.data.as_deref(), Some("v2"));
     // A release can leave a note for the next holder.
-    assert!(m
-        .release_lock(
-            &ReleaseLockOptionsBuilder::new(&key, &renewed.version)
-                .with_data("handover")
-                .build()
-        )
-        .unwrap());
+    m.release_lock(
+        &ReleaseLockOptionsBuilder::new(&key, &renewed.version)
+            .with_data("handover")
+            .build(),
+    )
+    .unwrap();
     let stored = m.get_mutex(&key).unwrap().unwrap();
     assert!(!stored.locked);
     assert_eq!(stored.data.as_deref(), Some("handover"));
     // A grant without data keeps it; a grant with data replaces it.
     let next = m.acquire_lock(&opts(&key, 10_000, 0)).unwrap();
     assert_eq!(next.data.as_deref(), Some("handover"));
-    assert!(m.release_lock(&next.to_release_options()).unwrap());
+    m.release_lock(&next.to_release_options()).unwrap();
     let third = m
         .acquire_lock(
             &AcquireLockOptionsBuilder::new(&key)
@@ -272,19 +293,14 @@ pub fn delete_on_release_removes_the_record(b: Backend) {
     let key = unique("delete-on-release");
     let m = b.manager("t-dor");
     let guard = m
-        .lock(
-            &AcquireLockOptionsBuilder::new(&key)
-                .with_lease_duration_secs(10)
-                .with_delete_on_release(true)
-                .build(),
-        )
+        .lock(&key, &lease(10_000).delete_on_release(true))
         .unwrap();
-    assert!(guard.lock_record().delete_on_release);
+    assert!(guard.record().delete_on_release);
     assert!(m.get_mutex(&key).unwrap().is_some());
     guard.release().unwrap();
     assert!(m.get_mutex(&key).unwrap().is_none());
     // Without the flag the record stays, free.
-    let guard = m.lock(&opts(&key, 10_000, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(10_000)).unwrap().expect("granted");
     drop(guard);
     let stored = m.get_mutex(&key).unwrap().expect("kept");
     assert!(!stored.locked);
@@ -297,7 +313,10 @@ pub fn delete_mutex_respects_live_leases(b: Backend) {
     let lock = m.acquire_lock(&opts(&key, 10_000, 0)).unwrap();
     let err = m.delete_mutex(&key, None).unwrap_err();
     assert!(matches!(err, LockError::Conflict(_)), "{err:?}");
-    assert!(!m.delete_mutex(&key, Some("not-the-version")).unwrap());
+    assert!(matches!(
+        m.delete_mutex(&key, Some("not-the-version")),
+        Err(LockError::NotHeld { .. })
+    ));
     assert!(m.get_mutex(&key).unwrap().unwrap().locked);
     assert!(m.delete_mutex(&key, Some(&lock.version)).unwrap());
     assert!(m.get_mutex(&key).unwrap().is_none());
@@ -320,8 +339,9 @@ pub fn semaphore_bounds_under_contention(b: Backend) {
                 let manager = b.manager("t-sem-bounds");
                 for _ in 0..5 {
                     let permit = manager
-                        .acquire_permit(&permit_opts(&key, 10_000, 60_000))
-                        .unwrap();
+                        .try_acquire_permit_for(&key, ms(60_000), &permit_lease(10_000))
+                        .unwrap()
+                        .expect("granted");
                     occupancy.enter();
                     thread::sleep(Duration::from_millis(15));
                     occupancy.leave();
@@ -357,15 +377,15 @@ pub fn semaphore_resize_up_and_down(b: Backend) {
         .unwrap();
     assert_eq!((created.max_size, created.busy_count), (2, 0));
     let p1 = m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .unwrap();
     let p2 = m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .unwrap();
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .is_none());
     // Grow: two more permits, the held ones untouched.
@@ -378,15 +398,15 @@ pub fn semaphore_resize_up_and_down(b: Backend) {
         .unwrap();
     assert_eq!((grown.max_size, grown.busy_count), (4, 2));
     let p3 = m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .unwrap();
     let p4 = m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .unwrap();
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .is_none());
     assert!(p1.is_held() && p2.is_held());
@@ -403,7 +423,7 @@ pub fn semaphore_resize_up_and_down(b: Backend) {
     let mut held = vec![p1, p2, p3, p4];
     while held.len() > 1 {
         assert!(
-            m.try_acquire_permit(&permit_opts(&key, 10_000, 0))
+            m.try_acquire_permit(&key, &permit_lease(10_000))
                 .unwrap()
                 .is_none(),
             "{} busy of 2",
@@ -413,10 +433,10 @@ pub fn semaphore_resize_up_and_down(b: Backend) {
     }
     let live = m.get_semaphore(&key).unwrap().unwrap().busy_count;
     assert_eq!(live, 1);
-    let p = m.try_acquire_permit(&permit_opts(&key, 10_000, 0)).unwrap();
+    let p = m.try_acquire_permit(&key, &permit_lease(10_000)).unwrap();
     assert!(p.is_some(), "one of two permits is free");
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 10_000, 0))
+        .try_acquire_permit(&key, &permit_lease(10_000))
         .unwrap()
         .is_none());
     drop(held);
@@ -430,7 +450,7 @@ pub fn semaphore_must_exist(b: Backend) {
     let key = unique("sem-missing");
     let m = b.manager("t-sem-missing");
     let err = m
-        .acquire_permit(&permit_opts(&key, 10_000, 100))
+        .try_acquire_permit_for(&key, ms(100), &permit_lease(10_000))
         .unwrap_err();
     assert!(matches!(err, LockError::NotFound(_)), "{err:?}");
     assert!(m.get_semaphore(&key).unwrap().is_none());
@@ -446,13 +466,11 @@ pub fn permit_default_wait_is_the_semaphores_lease(b: Backend) {
             .build(),
     )
     .unwrap();
-    let no_lease_no_wait = AcquireLockOptionsBuilder::new(&key)
-        .with_requires_semaphore(true)
-        .build();
-    let held = m.acquire_permit(&no_lease_no_wait).unwrap();
-    assert_eq!(held.lock_record().lease_duration_ms, 800);
+    let no_lease_no_wait = PermitOptions::new();
+    let held = m.acquire_permit(&key, &no_lease_no_wait).unwrap();
+    assert_eq!(held.record().lease_duration, Duration::from_millis(800));
     let started = Instant::now();
-    let err = m.acquire_permit(&no_lease_no_wait).unwrap_err();
+    let err = m.acquire_permit(&key, &no_lease_no_wait).unwrap_err();
     assert!(matches!(err, LockError::NotGranted { .. }), "{err:?}");
     let waited = started.elapsed();
     assert!(
@@ -475,17 +493,13 @@ pub fn semaphore_mutexes_list_slots(b: Backend) {
     )
     .unwrap();
     let permit = m
-        .acquire_permit(
-            &AcquireLockOptionsBuilder::new(&key)
-                .with_requires_semaphore(true)
-                .with_data("worker-1")
-                .build(),
-        )
+        .acquire_permit(&key, &PermitOptions::new().data("worker-1"))
         .unwrap();
-    let record = permit.lock_record();
+    let record = permit.record();
     assert_eq!(record.semaphore_key.as_deref(), Some(key.as_str()));
     assert_eq!(
-        record.lease_duration_ms, 10_000,
+        record.lease_duration,
+        Duration::from_millis(10_000),
         "a permit takes the semaphore's lease by default"
     );
     let slots = m.get_semaphore_mutexes(&key).unwrap();
@@ -511,7 +525,7 @@ pub fn semaphore_mutexes_list_slots(b: Backend) {
                 .build(),
         )
         .unwrap();
-    assert_eq!(renewed.lease_duration_ms, 4_000);
+    assert_eq!(renewed.lease_duration, Duration::from_millis(4_000));
 }
 
 pub fn delete_semaphore_respects_live_permits(b: Backend) {
@@ -519,7 +533,10 @@ pub fn delete_semaphore_respects_live_permits(b: Backend) {
     let m = b.manager("t-sem-delete");
     m.create_semaphore(&SemaphoreBuilder::new(&key, 2).build())
         .unwrap();
-    let permit = m.acquire_permit(&permit_opts(&key, 10_000, 0)).unwrap();
+    let permit = m
+        .try_acquire_permit(&key, &permit_lease(10_000))
+        .unwrap()
+        .expect("granted");
     assert!(matches!(
         m.delete_semaphore(&key),
         Err(LockError::Conflict(_))
@@ -527,7 +544,10 @@ pub fn delete_semaphore_respects_live_permits(b: Backend) {
     permit.release().unwrap();
     assert!(m.delete_semaphore(&key).unwrap());
     assert!(m.get_semaphore(&key).unwrap().is_none());
-    assert!(m.get_semaphore_mutexes(&key).unwrap().is_empty());
+    assert!(matches!(
+        m.get_semaphore_mutexes(&key),
+        Err(LockError::NotFound(_))
+    ));
 }
 
 pub fn permit_slots_have_increasing_fencing_tokens(b: Backend) {
@@ -537,7 +557,10 @@ pub fn permit_slots_have_increasing_fencing_tokens(b: Backend) {
         .unwrap();
     let mut last = i64::MIN;
     for _ in 0..4 {
-        let p = m.acquire_permit(&permit_opts(&key, 10_000, 1_000)).unwrap();
+        let p = m
+            .try_acquire_permit_for(&key, ms(1_000), &permit_lease(10_000))
+            .unwrap()
+            .expect("granted");
         assert!(p.fencing_token() > last);
         last = p.fencing_token();
         p.release().unwrap();
@@ -555,13 +578,17 @@ pub fn tenants_are_isolated(b: Backend) {
     let lock_b = other.acquire_lock(&opts(&key, 10_000, 0)).unwrap();
     assert_eq!(lock_b.tenant_id, other.tenant_id());
     // Tenant B can neither see, renew nor release A's lock, even with A's version.
-    assert!(!other.release_lock(&lock_a.to_release_options()).unwrap());
+    assert!(matches!(
+        other.release_lock(&lock_a.to_release_options()),
+        Err(LockError::NotHeld { .. })
+    ));
     assert!(other
         .send_heartbeat(&lock_a.to_heartbeat_options())
         .is_err());
-    assert!(other
-        .delete_mutex(&key, Some(&lock_a.version))
-        .is_ok_and(|d| !d));
+    assert!(matches!(
+        other.delete_mutex(&key, Some(&lock_a.version)),
+        Err(LockError::NotHeld { .. })
+    ));
     assert_eq!(a.get_mutex(&key).unwrap().unwrap().version, lock_a.version);
     assert_eq!(a.list_mutexes().unwrap().len(), 1);
     // Semaphores too.
@@ -569,11 +596,11 @@ pub fn tenants_are_isolated(b: Backend) {
         .unwrap();
     assert!(other.get_semaphore(&key).unwrap().is_none());
     assert!(matches!(
-        other.acquire_permit(&permit_opts(&key, 1_000, 0)),
+        other.try_acquire_permit(&key, &permit_lease(1_000)),
         Err(LockError::NotFound(_))
     ));
-    assert!(a.release_lock(&lock_a.to_release_options()).unwrap());
-    assert!(other.release_lock(&lock_b.to_release_options()).unwrap());
+    a.release_lock(&lock_a.to_release_options()).unwrap();
+    other.release_lock(&lock_b.to_release_options()).unwrap();
 }
 
 pub fn guard_heartbeat_keeps_a_short_lease_alive(b: Backend) {
@@ -581,14 +608,14 @@ pub fn guard_heartbeat_keeps_a_short_lease_alive(b: Backend) {
     let m = b.manager("t-heartbeat");
     // 1.5 s: short enough that the test outlives two leases, long enough that a renewal
     // queued behind a loaded test server (moto serves one request at a time) still lands.
-    let guard = m.lock(&opts(&key, 1_500, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(1_500)).unwrap().expect("granted");
     let token = guard.fencing_token();
     let other = b.manager("t-heartbeat");
     let until = Instant::now() + Duration::from_millis(3_500);
     while Instant::now() < until {
         assert!(guard.is_held());
         assert!(
-            other.try_lock(&opts(&key, 1_500, 0)).unwrap().is_none(),
+            other.try_lock(&key, &lease(1_500)).unwrap().is_none(),
             "taken while renewed"
         );
         thread::sleep(Duration::from_millis(100));
@@ -596,7 +623,7 @@ pub fn guard_heartbeat_keeps_a_short_lease_alive(b: Backend) {
     guard.ensure_held().unwrap();
     assert_eq!(guard.fencing_token(), token, "renewals keep the token");
     drop(guard);
-    assert!(other.try_lock(&opts(&key, 1_500, 0)).unwrap().is_some());
+    assert!(other.try_lock(&key, &lease(1_500)).unwrap().is_some());
 }
 
 pub fn permit_heartbeat_keeps_a_short_lease_alive(b: Backend) {
@@ -604,17 +631,20 @@ pub fn permit_heartbeat_keeps_a_short_lease_alive(b: Backend) {
     let m = b.manager("t-permit-heartbeat");
     m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
         .unwrap();
-    let permit = m.acquire_permit(&permit_opts(&key, 1_500, 0)).unwrap();
-    assert_eq!(permit.semaphore_key(), key);
+    let permit = m
+        .try_acquire_permit(&key, &permit_lease(1_500))
+        .unwrap()
+        .expect("granted");
+    assert_eq!(permit.semaphore_key(), Some(key.as_str()));
     thread::sleep(Duration::from_millis(3_500));
     assert!(permit.is_held());
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 1_500, 0))
+        .try_acquire_permit(&key, &permit_lease(1_500))
         .unwrap()
         .is_none());
     drop(permit);
     assert!(m
-        .try_acquire_permit(&permit_opts(&key, 1_500, 0))
+        .try_acquire_permit(&key, &permit_lease(1_500))
         .unwrap()
         .is_some());
 }
@@ -623,18 +653,18 @@ pub fn drop_releases_the_lock(b: Backend) {
     let key = unique("drop");
     let m = b.manager("t-drop");
     {
-        let _guard = m.lock(&opts(&key, 30_000, 0)).unwrap();
+        let _guard = m.try_lock(&key, &lease(30_000)).unwrap().expect("granted");
         assert!(m.get_mutex(&key).unwrap().unwrap().locked);
     }
     assert!(!m.get_mutex(&key).unwrap().unwrap().locked);
-    assert!(m.try_lock(&opts(&key, 30_000, 0)).unwrap().is_some());
+    assert!(m.try_lock(&key, &lease(30_000)).unwrap().is_some());
 }
 
 pub fn explicit_release_returns_errors(b: Backend) {
     let key = unique("release-error");
     let flaky = FlakyStore::new(b.store());
     let m = b.manager_over("t-release-error", flaky.clone());
-    let guard = m.lock(&opts(&key, 5_000, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(5_000)).unwrap().expect("granted");
     flaky.fail_releases.store(true, Ordering::SeqCst);
     let err = guard.release().unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
@@ -642,8 +672,11 @@ pub fn explicit_release_returns_errors(b: Backend) {
     // The lease was not released: it stays until it expires.
     assert!(m.get_mutex(&key).unwrap().unwrap().locked);
     // Releasing a lease somebody deleted reports NotHeld.
-    let guard = m.lock(&opts(&unique("release-error-2"), 5_000, 0)).unwrap();
-    let record = guard.lock_record();
+    let guard = m
+        .try_lock(&unique("release-error-2"), &lease(5_000))
+        .unwrap()
+        .expect("granted");
+    let record = guard.record();
     assert!(m
         .delete_mutex(&record.mutex_key, Some(&record.version))
         .unwrap());
@@ -654,7 +687,7 @@ pub fn loss_is_reported_when_renewals_fail(b: Backend) {
     let key = unique("loss");
     let flaky = FlakyStore::new(b.store());
     let m = b.manager_over("t-loss", flaky.clone());
-    let guard = m.lock(&opts(&key, 900, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(900)).unwrap().expect("granted");
     let lost = guard.lost_signal();
     flaky.fail_renewals.store(true, Ordering::SeqCst);
     // Within the lease (plus scheduling slack) the guard must say it is lost.
@@ -678,8 +711,8 @@ pub fn loss_is_reported_when_renewals_fail(b: Backend) {
 
     // A rejected renewal (someone deleted the lease) is a loss too, reported at once.
     let key = unique("loss-rejected");
-    let guard = m.lock(&opts(&key, 900, 0)).unwrap();
-    let record = guard.lock_record();
+    let guard = m.try_lock(&key, &lease(900)).unwrap().expect("granted");
+    let record = guard.record();
     assert!(m.delete_mutex(&key, Some(&record.version)).unwrap());
     let signalled = guard.lost_signal().recv_timeout(Duration::from_secs(5));
     assert!(
@@ -696,7 +729,7 @@ pub fn late_renewal_does_not_revive_a_lost_lease(b: Backend) {
     // Lease 2 s: safety margin 200 ms, renewals every 667 ms. The first renewal is sent at
     // ~667 ms and takes 1.4 s, so the lease runs out locally at ~1.8 s, and the reply comes
     // back at ~2.07 s, in time for the deadline it would set (~2.47 s) but after the loss.
-    let guard = m.lock(&opts(&key, 2_000, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(2_000)).unwrap().expect("granted");
     flaky.renewal_delay_ms.store(1_400, Ordering::SeqCst);
     thread::sleep(Duration::from_millis(1_950));
     assert!(!guard.is_held(), "held past its lease with no renewal back");
@@ -725,7 +758,7 @@ pub fn lost_renewal_reply_does_not_lose_the_lease(b: Backend) {
     let key = unique("lost-reply");
     let flaky = FlakyStore::new(b.store());
     let m = b.manager_over("t-lost-reply", flaky.clone());
-    let guard = m.lock(&opts(&key, 1_500, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(1_500)).unwrap().expect("granted");
     flaky.lose_renewal_replies.store(2, Ordering::SeqCst);
     thread::sleep(Duration::from_millis(3_000));
     assert_eq!(
@@ -738,33 +771,38 @@ pub fn lost_renewal_reply_does_not_lose_the_lease(b: Backend) {
         "a renewal that succeeded but whose reply was lost ended the lease"
     );
     let stored = m.get_mutex(&key).unwrap().unwrap();
-    assert_eq!(stored.version, guard.lock_record().version);
+    assert_eq!(stored.version, guard.record().version);
     guard.release().unwrap();
 }
 
 pub fn into_lock_hands_the_lease_on(b: Backend) {
     let key = unique("into-lock");
     let m = b.manager("t-into-lock");
-    let record = m.lock(&opts(&key, 10_000, 0)).unwrap().into_lock().unwrap();
+    let record = m
+        .try_lock(&key, &lease(10_000))
+        .unwrap()
+        .expect("granted")
+        .hand_over()
+        .unwrap();
     assert!(
-        m.try_lock(&opts(&key, 10_000, 0)).unwrap().is_none(),
+        m.try_lock(&key, &lease(10_000)).unwrap().is_none(),
         "still held after the guard is gone"
     );
     let renewed = m.send_heartbeat(&record.to_heartbeat_options()).unwrap();
-    assert!(m.release_lock(&renewed.to_release_options()).unwrap());
+    m.release_lock(&renewed.to_release_options()).unwrap();
 }
 
 pub fn invalid_input_is_rejected_before_io(b: Backend) {
     let m = b.manager("t-invalid");
     let invalid = |r: db_locks::Result<_>| matches!(r, Err(LockError::Validation(_)));
     let key = unique("invalid");
-    assert!(invalid(m.lock(&opts("", 1_000, 0)).map(|_| ())));
+    assert!(invalid(m.try_lock("", &lease(1_000)).map(|_| ())));
     assert!(invalid(
-        m.lock(&opts(&"k".repeat(db_locks::MAX_KEY_LEN + 1), 1_000, 0))
+        m.try_lock(&"k".repeat(db_locks::MAX_KEY_LEN + 1), &lease(1_000))
             .map(|_| ())
     ));
-    assert!(invalid(m.lock(&opts("bad\nkey", 1_000, 0)).map(|_| ())));
-    assert!(invalid(m.lock(&opts(&key, 0, 0)).map(|_| ())));
+    assert!(invalid(m.try_lock("bad\nkey", &lease(1_000)).map(|_| ())));
+    assert!(invalid(m.try_lock(&key, &lease(0)).map(|_| ())));
     assert!(invalid(
         m.acquire_lock(
             &AcquireLockOptionsBuilder::new(&key)
@@ -774,13 +812,8 @@ pub fn invalid_input_is_rejected_before_io(b: Backend) {
         .map(|_| ())
     ));
     assert!(invalid(
-        m.lock(
-            &AcquireLockOptionsBuilder::new(&key)
-                .with_lease_duration_millis(300)
-                .with_heartbeat_period(Duration::from_millis(300))
-                .build()
-        )
-        .map(|_| ())
+        m.lock(&key, &lease(300).heartbeat_period(ms(300)))
+            .map(|_| ())
     ));
     assert!(invalid(
         m.create_semaphore(&SemaphoreBuilder::new(&key, 0).build())
@@ -797,7 +830,7 @@ pub fn invalid_input_is_rejected_before_io(b: Backend) {
     assert!(invalid(
         m.create_semaphore(
             &SemaphoreBuilder::new(&key, 2)
-                .with_lease_duration_millis(-5)
+                .with_lease_duration(db_locks::MAX_LEASE + Duration::from_secs(1))
                 .build()
         )
         .map(|_| ())
@@ -806,10 +839,7 @@ pub fn invalid_input_is_rejected_before_io(b: Backend) {
         m.send_heartbeat(&SendHeartbeatOptionsBuilder::new(&key, "").build())
             .map(|_| ())
     ));
-    assert!(
-        invalid(m.lock(&permit_opts(&key, 1_000, 0)).map(|_| ())),
-        "lock() is for mutexes"
-    );
+    // A permit cannot be asked of `lock` at all: it takes `LockOptions`, not `PermitOptions`.
     // Nothing was written by any of them.
     assert!(m.get_mutex(&key).unwrap().is_none());
     assert!(m.get_semaphore(&key).unwrap().is_none());
@@ -819,12 +849,15 @@ pub fn list_shows_the_tenants_locks(b: Backend) {
     let tenant = unique("t-list");
     let m = b.manager(&tenant);
     let (k1, k2, s1) = (unique("list-a"), unique("list-b"), unique("list-sem"));
-    let _g1 = m.lock(&opts(&k1, 10_000, 0)).unwrap();
-    let g2 = m.lock(&opts(&k2, 10_000, 0)).unwrap();
+    let _g1 = m.try_lock(&k1, &lease(10_000)).unwrap().expect("granted");
+    let g2 = m.try_lock(&k2, &lease(10_000)).unwrap().expect("granted");
     g2.release().unwrap();
     m.create_semaphore(&SemaphoreBuilder::new(&s1, 2).build())
         .unwrap();
-    let _p = m.acquire_permit(&permit_opts(&s1, 10_000, 0)).unwrap();
+    let _p = m
+        .try_acquire_permit(&s1, &permit_lease(10_000))
+        .unwrap()
+        .expect("granted");
     let mutexes = m.list_mutexes().unwrap();
     let mut keys: Vec<_> = mutexes.iter().map(|l| l.mutex_key.clone()).collect();
     keys.sort();

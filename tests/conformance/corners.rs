@@ -11,7 +11,7 @@ use db_locks::{
     SendHeartbeatOptionsBuilder,
 };
 
-use crate::support::{unique, Backend, FlakyStore};
+use crate::support::{lease, ms, unique, Backend, FlakyStore};
 
 fn opts(key: &str, lease_ms: u64, wait_ms: u64) -> AcquireLockOptions {
     AcquireLockOptionsBuilder::new(key)
@@ -46,7 +46,7 @@ pub fn renewal_after_shrink_and_expiry_is_refused(b: Backend) {
         .unwrap();
     let first = m.acquire_lock(&permit_opts(&key, 600, 0)).unwrap();
     let second = m.acquire_lock(&permit_opts(&key, 600, 0)).unwrap();
-    assert!(m.release_lock(&first.to_release_options()).unwrap());
+    m.release_lock(&first.to_release_options()).unwrap();
     m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
         .unwrap();
     thread::sleep(Duration::from_millis(900));
@@ -58,7 +58,7 @@ pub fn renewal_after_shrink_and_expiry_is_refused(b: Backend) {
         matches!(renewal, Err(LockError::NotHeld { .. })),
         "an expired retired permit was renewed: {renewal:?}"
     );
-    assert!(m.release_lock(&b_permit.to_release_options()).unwrap());
+    m.release_lock(&b_permit.to_release_options()).unwrap();
 
     // Order 2: pool_0 held for 30 s, pool_1 for 1 s; shrink to 1; pool_1 runs out; renew it.
     let key = unique("pool");
@@ -76,7 +76,7 @@ pub fn renewal_after_shrink_and_expiry_is_refused(b: Backend) {
         matches!(renewal, Err(LockError::NotHeld { .. })),
         "an expired retired permit was renewed: {renewal:?}"
     );
-    assert!(m.release_lock(&long.to_release_options()).unwrap());
+    m.release_lock(&long.to_release_options()).unwrap();
 }
 
 /// A lease that has run out by the store's clock is lost: renewing it fails, for mutexes and
@@ -91,7 +91,7 @@ pub fn expired_lease_is_not_renewed(b: Backend) {
         Err(LockError::NotHeld { .. })
     ));
     // Still releasable: nobody took it, and freeing it early harms nobody.
-    assert!(m.release_lock(&lock.to_release_options()).unwrap());
+    m.release_lock(&lock.to_release_options()).unwrap();
     let sem = unique("expired-sem");
     m.create_semaphore(&SemaphoreBuilder::new(&sem, 1).build())
         .unwrap();
@@ -117,7 +117,7 @@ pub fn grants_resume_after_a_shrink_once_fewer_are_busy(b: Backend) {
     assert_eq!(held.iter().map(slot).collect::<Vec<_>>(), [0, 1, 2, 3]);
     // Slots 0 and 3 stay busy.
     for middle in held.drain(1..3) {
-        assert!(m.release_lock(&middle.to_release_options()).unwrap());
+        m.release_lock(&middle.to_release_options()).unwrap();
     }
     let shrunk = m
         .create_semaphore(&SemaphoreBuilder::new(&key, 3).build())
@@ -137,25 +137,25 @@ pub fn grants_resume_after_a_shrink_once_fewer_are_busy(b: Backend) {
     // Below the busy count: 3 live, size 1; releasing two leaves one live, still no grant.
     m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
         .unwrap();
-    assert!(m.release_lock(&third.to_release_options()).unwrap());
+    m.release_lock(&third.to_release_options()).unwrap();
     assert!(m
         .try_acquire_lock(&permit_opts(&key, 20_000, 0))
         .unwrap()
         .is_none());
-    assert!(m.release_lock(&held[0].to_release_options()).unwrap());
+    m.release_lock(&held[0].to_release_options()).unwrap();
     assert!(
         m.try_acquire_lock(&permit_opts(&key, 20_000, 0))
             .unwrap()
             .is_none(),
         "1 of 1 busy"
     );
-    assert!(m.release_lock(&held[1].to_release_options()).unwrap());
+    m.release_lock(&held[1].to_release_options()).unwrap();
     let last = m
         .try_acquire_lock(&permit_opts(&key, 20_000, 0))
         .unwrap()
         .expect("0 of 1 busy");
     assert_eq!(m.get_semaphore(&key).unwrap().unwrap().busy_count, 1);
-    assert!(m.release_lock(&last.to_release_options()).unwrap());
+    m.release_lock(&last.to_release_options()).unwrap();
 }
 
 /// Names that differ in any byte are different names: trailing and leading spaces, case,
@@ -170,7 +170,10 @@ pub fn look_alike_names_are_different_names(b: Backend) {
         "tenant `T ` sees T's locks"
     );
     assert!(padded.get_mutex(&key).unwrap().is_none());
-    assert!(!padded.release_lock(&lock.to_release_options()).unwrap());
+    assert!(matches!(
+        padded.release_lock(&lock.to_release_options()),
+        Err(LockError::NotHeld { .. })
+    ));
     assert!(padded.send_heartbeat(&lock.to_heartbeat_options()).is_err());
     assert!(plain.get_mutex(&key).unwrap().unwrap().locked);
 
@@ -230,7 +233,7 @@ pub fn look_alike_names_are_different_names(b: Backend) {
     let m = b.manager(&unique("t-alike-blank"));
     let free_mutex = unique("free");
     let held_free = m.acquire_lock(&opts(&free_mutex, 20_000, 0)).unwrap();
-    assert!(m.release_lock(&held_free.to_release_options()).unwrap());
+    m.release_lock(&held_free.to_release_options()).unwrap();
     assert!(matches!(
         m.try_acquire_lock(&permit_opts(" ", 20_000, 0)),
         Err(LockError::NotFound(_))
@@ -256,7 +259,7 @@ pub fn loss_is_signalled_by_the_deadline_while_a_renewal_hangs(b: Backend) {
     // first renewal (at 0.9 s) hangs for 2.9 s, far past it.
     flaky.renewal_delay_ms.store(2_900, Ordering::SeqCst);
     let sent = Instant::now();
-    let guard = m.lock(&opts(&key, 3_000, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(3_000)).unwrap().expect("granted");
     let lost = guard.lost_signal();
     let fired = lost.recv_timeout(Duration::from_secs(10));
     let at = sent.elapsed();
@@ -282,8 +285,8 @@ pub fn release_after_an_in_doubt_renewal_frees_the_lease(b: Backend) {
     let key = unique("doubt-release");
     let flaky = FlakyStore::new(b.store());
     let m = b.manager_over("t-doubt-release", flaky.clone());
-    let guard = m.lock(&opts(&key, 3_000, 0)).unwrap();
-    let granted = guard.lock_record();
+    let guard = m.try_lock(&key, &lease(3_000)).unwrap().expect("granted");
+    let granted = guard.record();
     flaky
         .fail_renewals_after_lost_reply
         .store(true, Ordering::SeqCst);
@@ -304,7 +307,7 @@ pub fn release_after_an_in_doubt_renewal_frees_the_lease(b: Backend) {
 
     // into_lock settles the doubt first and hands on the version the store has.
     let key = unique("doubt-hand-over");
-    let guard = m.lock(&opts(&key, 3_000, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(3_000)).unwrap().expect("granted");
     flaky.fail_renewals.store(false, Ordering::SeqCst);
     flaky.lose_renewal_replies.store(1, Ordering::SeqCst);
     let until = Instant::now() + Duration::from_secs(5);
@@ -313,9 +316,9 @@ pub fn release_after_an_in_doubt_renewal_frees_the_lease(b: Backend) {
         thread::sleep(Duration::from_millis(20));
     }
     flaky.fail_renewals.store(false, Ordering::SeqCst);
-    let handed = guard.into_lock().unwrap();
+    let handed = guard.hand_over().unwrap();
     assert_eq!(m.get_mutex(&key).unwrap().unwrap().version, handed.version);
-    assert!(m.release_lock(&handed.to_release_options()).unwrap());
+    m.release_lock(&handed.to_release_options()).unwrap();
 }
 
 /// An acquire applied in the store whose reply was lost: the retry, which writes the same
@@ -327,14 +330,17 @@ pub fn acquire_whose_reply_was_lost_gets_its_own_grant(b: Backend) {
     let key = unique("lost-acquire");
     flaky.lose_acquire_replies.store(1, Ordering::SeqCst);
     let started = Instant::now();
-    let guard = m.lock(&opts(&key, 20_000, 10_000)).unwrap();
+    let guard = m
+        .try_lock_for(&key, ms(10_000), &lease(20_000))
+        .unwrap()
+        .expect("granted");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "waited {:?} for its own grant",
         started.elapsed()
     );
     let stored = m.get_mutex(&key).unwrap().unwrap();
-    assert_eq!(stored.version, guard.lock_record().version);
+    assert_eq!(stored.version, guard.record().version);
     let token = guard.fencing_token();
     assert_eq!(stored.fencing_token, token, "a re-grant keeps the token");
     guard.release().unwrap();
@@ -346,7 +352,7 @@ pub fn acquire_whose_reply_was_lost_gets_its_own_grant(b: Backend) {
         .try_acquire_lock(&opts(&key, 20_000, 0))
         .unwrap()
         .expect("its own grant");
-    assert!(m.release_lock(&lock.to_release_options()).unwrap());
+    m.release_lock(&lock.to_release_options()).unwrap();
 
     // A permit: no second slot, no orphan.
     let sem = unique("lost-permit");
@@ -362,7 +368,7 @@ pub fn acquire_whose_reply_was_lost_gets_its_own_grant(b: Backend) {
         1,
         "the grant whose reply was lost is orphaned"
     );
-    assert!(m.release_lock(&permit.to_release_options()).unwrap());
+    m.release_lock(&permit.to_release_options()).unwrap();
     assert_eq!(m.get_semaphore(&sem).unwrap().unwrap().busy_count, 0);
 }
 
@@ -398,7 +404,7 @@ pub fn caller_named_renewal_version_is_idempotent(b: Backend) {
             "{bad:?} accepted"
         );
     }
-    assert!(m.release_lock(&again.to_release_options()).unwrap());
+    m.release_lock(&again.to_release_options()).unwrap();
 }
 
 /// A heartbeat period that leaves no time to retry, or a safety margin not below the lease,
@@ -406,25 +412,29 @@ pub fn caller_named_renewal_version_is_idempotent(b: Backend) {
 pub fn unworkable_renewal_schedules_are_refused(b: Backend) {
     let key = unique("schedule");
     let m = b.manager_with("t-schedule", b.store(), |c| {
-        c.heartbeat_period_ms = Some(2_800)
+        c.heartbeat_period = Some(Duration::from_millis(2_800))
     });
-    let err = m.lock(&opts(&key, 3_000, 0)).unwrap_err();
+    let err = m.try_lock(&key, &lease(3_000)).unwrap_err();
     assert!(matches!(err, LockError::Validation(_)), "{err:?}");
     assert!(err.to_string().contains("heartbeat period"), "{err}");
     let m = b.manager_with("t-schedule", b.store(), |c| {
-        c.lease_safety_margin_ms = Some(3_000)
+        c.lease_safety_margin = Some(Duration::from_millis(3_000))
     });
-    let err = m.lock(&opts(&key, 3_000, 0)).unwrap_err();
+    let err = m.try_lock(&key, &lease(3_000)).unwrap_err();
     assert!(matches!(err, LockError::Validation(_)), "{err:?}");
     // The period may be up to half of lease minus margin (here (3000 - 300) / 2).
     let m = b.manager_with("t-schedule", b.store(), |c| {
-        c.heartbeat_period_ms = Some(1_350)
+        c.heartbeat_period = Some(Duration::from_millis(1_350))
     });
-    m.lock(&opts(&key, 3_000, 0)).unwrap().release().unwrap();
+    m.try_lock(&key, &lease(3_000))
+        .unwrap()
+        .expect("granted")
+        .release()
+        .unwrap();
     // Nothing was left held by the refused attempts.
     assert!(b
         .manager("t-schedule")
-        .try_lock(&opts(&key, 3_000, 0))
+        .try_lock(&key, &lease(3_000))
         .unwrap()
         .is_some());
 }
@@ -435,9 +445,9 @@ pub fn drop_returns_within_the_io_timeout_when_the_store_stalls(b: Backend) {
     let key = unique("stalled-release");
     let flaky = FlakyStore::new(b.store());
     let m = b.manager_with("t-stalled-release", flaky.clone(), |c| {
-        c.io_timeout_ms = 1_000
+        c.io_timeout = Duration::from_millis(1_000)
     });
-    let guard = m.lock(&opts(&key, 2_000, 0)).unwrap();
+    let guard = m.try_lock(&key, &lease(2_000)).unwrap().expect("granted");
     flaky.release_delay_ms.store(6_000, Ordering::SeqCst);
     let started = Instant::now();
     drop(guard);
@@ -446,7 +456,10 @@ pub fn drop_returns_within_the_io_timeout_when_the_store_stalls(b: Backend) {
         took < Duration::from_millis(1_000 + 500),
         "Drop took {took:?} with a 1 s I/O timeout"
     );
-    let guard = m.lock(&opts(&unique("stalled-release"), 2_000, 0)).unwrap();
+    let guard = m
+        .try_lock(&unique("stalled-release"), &lease(2_000))
+        .unwrap()
+        .expect("granted");
     let started = Instant::now();
     let err = guard.release().unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(1_500));
@@ -455,7 +468,10 @@ pub fn drop_returns_within_the_io_timeout_when_the_store_stalls(b: Backend) {
     // The stalled release of the first guard lands eventually (here after 6 s) or the lease
     // expires: either way the key is free within the lease.
     let other = b.manager("t-stalled-release");
-    assert!(other.lock(&opts(&key, 2_000, 10_000)).is_ok());
+    assert!(other
+        .try_lock_for(&key, ms(10_000), &lease(2_000))
+        .unwrap()
+        .is_some());
 }
 
 /// A permit of a semaphore with the longest allowed key has a slot key longer than a mutex
@@ -472,7 +488,7 @@ pub fn permits_of_the_longest_semaphore_key_renew_and_release(b: Backend) {
     let longest = permits.iter().max_by_key(|p| p.mutex_key.len()).unwrap();
     assert!(longest.mutex_key.chars().count() > db_locks::MAX_KEY_LEN);
     let renewed = m.send_heartbeat(&longest.to_heartbeat_options()).unwrap();
-    assert!(m.release_lock(&renewed.to_release_options()).unwrap());
+    m.release_lock(&renewed.to_release_options()).unwrap();
     // A key that is not one of the semaphore's slots is refused as input, not looked up.
     let not_a_slot = SendHeartbeatOptionsBuilder::new(format!("{sem}_x"), &renewed.version)
         .with_semaphore_key(&sem)

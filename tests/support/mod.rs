@@ -14,8 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use db_locks::store::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
-use db_locks::{LockError, LockManager, LocksConfig, MutexLock, Provider, Result, Semaphore};
+use db_locks::store::{
+    AdminStore, LeaseStore, LockStore, MutexRequest, PermitRequest, ReleaseRequest, RenewRequest,
+};
+use db_locks::{
+    LockError, LockManager, LockOptions, LocksConfig, MutexLock, PermitOptions, Provider, Result,
+    Semaphore,
+};
 use parking_lot::Mutex;
 
 /// A store the suite can run against.
@@ -56,9 +61,9 @@ impl Backend {
             |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
         let mut config = LocksConfig::new(tenant);
         config.pool_size = 16;
-        config.connect_timeout_ms = 10_000;
-        config.retry_base_ms = 5;
-        config.retry_max_ms = 100;
+        config.connect_timeout = Duration::from_secs(10);
+        config.retry_base = Duration::from_millis(5);
+        config.retry_max = Duration::from_millis(100);
         match self {
             Backend::Sqlite => {
                 config.database_url = Some(sqlite_path());
@@ -160,6 +165,21 @@ pub fn unique(name: &str) -> String {
         "{name}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
+}
+
+/// `ms` milliseconds.
+pub fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// Guard options with a lease of `lease_ms`.
+pub fn lease(lease_ms: u64) -> LockOptions {
+    LockOptions::new().lease(ms(lease_ms))
+}
+
+/// Permit options with a lease of `lease_ms`.
+pub fn permit_lease(lease_ms: u64) -> PermitOptions {
+    PermitOptions::new().lease(ms(lease_ms))
 }
 
 /// What a store operation is, for fault injection.
@@ -397,24 +417,21 @@ impl FlakyStore {
     }
 }
 
-impl LockStore for FlakyStore {
+impl LeaseStore for FlakyStore {
     fn name(&self) -> &'static str {
         self.inner().name()
     }
-    fn migrate(&self) -> Result<()> {
-        self.inner().migrate()
-    }
-    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+    fn acquire_mutex(&self, req: &MutexRequest<'_>) -> Result<Option<MutexLock>> {
         self.faulty(
             OpKind::Acquire,
-            || self.acquire_knobs(|| self.inner().try_acquire_mutex(req)),
+            || self.acquire_knobs(|| self.inner().acquire_mutex(req)),
             Option::is_some,
         )
     }
-    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+    fn acquire_permit(&self, req: &PermitRequest<'_>) -> Result<Option<MutexLock>> {
         self.faulty(
             OpKind::Acquire,
-            || self.acquire_knobs(|| self.inner().try_acquire_permit(req)),
+            || self.acquire_knobs(|| self.inner().acquire_permit(req)),
             Option::is_some,
         )
     }
@@ -427,6 +444,12 @@ impl LockStore for FlakyStore {
             || self.release_knobs(req),
             |released| *released,
         )
+    }
+}
+
+impl AdminStore for FlakyStore {
+    fn migrate(&self) -> Result<()> {
+        self.inner().migrate()
     }
     fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
         self.inner().get_mutex(tenant_id, key)
@@ -443,7 +466,7 @@ impl LockStore for FlakyStore {
     fn delete_semaphore(&self, tenant_id: &str, key: &str) -> Result<bool> {
         self.inner().delete_semaphore(tenant_id, key)
     }
-    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
+    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Option<Vec<MutexLock>>> {
         self.inner().semaphore_mutexes(tenant_id, key)
     }
     fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {

@@ -2,9 +2,12 @@
 //! server: the shared servers the other tests use are never touched.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+#[cfg(feature = "redis")]
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
 use parking_lot::Mutex;
 
 /// A free loopback port (free when this returns; taken soon after by the caller).

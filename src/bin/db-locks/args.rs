@@ -4,7 +4,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 use db_locks::Provider;
 
 /// Lease-based distributed mutexes and semaphores for shell scripts and batch jobs.
@@ -26,33 +27,21 @@ pub struct Cli {
 
     /// Where locks are stored: rdb (SQLite, PostgreSQL, MySQL/MariaDB), ddb (DynamoDB) or
     /// redis [default: the config file's provider, else rdb]
-    #[arg(value_enum, value_name = "PROVIDER")]
-    pub provider: Option<ProviderArg>,
+    #[arg(value_name = "PROVIDER", value_parser = provider_parser())]
+    pub provider: Option<Provider>,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The PROVIDER word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProviderArg {
-    /// A relational database: a SQLite file (default), PostgreSQL or MySQL/MariaDB.
-    Rdb,
-    /// Amazon DynamoDB or a DynamoDB-compatible server.
-    #[value(alias = "dynamodb")]
-    Ddb,
-    /// Redis.
-    Redis,
-}
-
-impl From<ProviderArg> for Provider {
-    fn from(p: ProviderArg) -> Provider {
-        match p {
-            ProviderArg::Rdb => Provider::Rdb,
-            ProviderArg::Ddb => Provider::Ddb,
-            ProviderArg::Redis => Provider::Redis,
-        }
-    }
+/// The PROVIDER word: the library's providers, parsed by the library.
+fn provider_parser() -> impl TypedValueParser<Value = Provider> {
+    let names = Provider::ALL.map(|p| {
+        PossibleValue::new(p.name())
+            .help(p.description())
+            .aliases(p.aliases().iter().copied())
+    });
+    PossibleValuesParser::new(names).try_map(|name| name.parse::<Provider>())
 }
 
 /// Options accepted anywhere on the line.

@@ -4,18 +4,15 @@
 //! the same pool) and also given as a ratio to it, measured in the same run: machines are
 //! noisy, ratios travel better than microseconds.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use db_locks::{
-    validate_key, AcquireLockOptions, AcquireLockOptionsBuilder, LockError, LockManager,
-    SemaphoreBuilder, MAX_SEMAPHORE_SIZE,
+    validate_key, validate_semaphore_size, AcquireLockOptions, AcquireLockOptionsBuilder,
+    LockError, LockManager, LockOptions, SemaphoreBuilder,
 };
-use serde_json::{json, Value};
 
 use crate::args::BenchArgs;
-use crate::output::json_line;
 use crate::Exit;
 
 /// Lease of every lock the benchmark takes: long enough never to run out during a run.
@@ -65,12 +62,7 @@ pub fn check(args: &BenchArgs) -> Result<(), LockError> {
     if args.threads < 1 {
         return Err(LockError::Validation("--threads must be at least 1".into()));
     }
-    if !(1..=MAX_SEMAPHORE_SIZE).contains(&args.semaphore_size) {
-        return Err(LockError::Validation(format!(
-            "--semaphore-size must be between 1 and {MAX_SEMAPHORE_SIZE}, not {}",
-            args.semaphore_size
-        )));
-    }
+    validate_semaphore_size(args.semaphore_size)?;
     Keys::new(&args.key_prefix)
         .all()
         .into_iter()
@@ -78,10 +70,10 @@ pub fn check(args: &BenchArgs) -> Result<(), LockError> {
 }
 
 /// Latencies of one operation, in microseconds.
-struct Stats {
-    mean_us: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub struct Stats {
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 impl Stats {
@@ -99,24 +91,31 @@ impl Stats {
             p99_us: rank(0.99),
         }
     }
+
+    /// The ratio of the means.
+    pub fn ratio_to(&self, base: &Stats) -> f64 {
+        self.mean_us / base.mean_us
+    }
 }
 
 /// The contended run.
-struct Contended {
-    threads: u64,
-    grants: u64,
-    grants_per_sec: f64,
-    mean_us_per_grant: f64,
+pub struct Contended {
+    pub threads: u64,
+    pub grants: u64,
+    pub grants_per_sec: f64,
+    pub mean_us_per_grant: f64,
 }
 
 /// Everything one run measured.
-struct Report {
-    round_trip: Stats,
-    acquire_release: Stats,
-    heartbeat: Stats,
-    guard_cycle: Stats,
-    permit_cycle: Stats,
-    contended: Contended,
+pub struct Report {
+    pub iterations: u64,
+    pub semaphore_size: i64,
+    pub round_trip: Stats,
+    pub acquire_release: Stats,
+    pub heartbeat: Stats,
+    pub guard_cycle: Stats,
+    pub permit_cycle: Stats,
+    pub contended: Contended,
 }
 
 /// Runs `op` `warm_up` times unmeasured, then `n` times measured.
@@ -143,25 +142,15 @@ fn mutex_opts(key: &str) -> AcquireLockOptions {
         .build()
 }
 
-/// Measures everything; `store` names the store for the output. The keys it creates are
-/// deleted at the end, also when a measurement fails.
-pub fn run(
-    manager: &LockManager,
-    provider: &str,
-    store: &str,
-    args: &BenchArgs,
-    json: bool,
-) -> Result<String, Exit> {
+/// Measures everything. The keys it creates are deleted at the end, also when a measurement
+/// fails.
+pub fn run(manager: &LockManager, args: &BenchArgs) -> Result<Report, Exit> {
     let keys = Keys::new(&args.key_prefix);
     let measured = measure_all(manager, &keys, args);
     let cleaned = clean_up(manager, &keys);
     let report = measured?;
     cleaned?;
-    Ok(if json {
-        json_line(&report_json(&report, manager, provider, store, args))
-    } else {
-        report_human(&report, manager, provider, store, args)
-    })
+    Ok(report)
 }
 
 fn measure_all(manager: &LockManager, keys: &Keys, args: &BenchArgs) -> Result<Report, Exit> {
@@ -192,11 +181,12 @@ fn measure_all(manager: &LockManager, keys: &Keys, args: &BenchArgs) -> Result<R
     release(m, &lock)?;
     let heartbeat = heartbeat?;
 
-    let guard_cycle = measure(WARM_UP, n, || m.lock(&opts)?.release())?;
+    let guard_opts = LockOptions::new().lease(Duration::from_secs(LEASE_SECS));
+    let guard_cycle = measure(WARM_UP, n, || m.lock(&keys.mutex, &guard_opts)?.release())?;
 
     m.create_semaphore(
         &SemaphoreBuilder::new(&keys.semaphore, args.semaphore_size)
-            .with_lease_duration_secs(LEASE_SECS as i64)
+            .with_lease_duration_secs(LEASE_SECS)
             .build(),
     )?;
     let permit_opts = AcquireLockOptionsBuilder::new(&keys.semaphore)
@@ -210,6 +200,8 @@ fn measure_all(manager: &LockManager, keys: &Keys, args: &BenchArgs) -> Result<R
     let contended = contended(m, &keys.contended, args.threads, n)?;
 
     Ok(Report {
+        iterations: n,
+        semaphore_size: args.semaphore_size,
         round_trip,
         acquire_release,
         heartbeat,
@@ -220,14 +212,7 @@ fn measure_all(manager: &LockManager, keys: &Keys, args: &BenchArgs) -> Result<R
 }
 
 fn release(manager: &LockManager, lock: &db_locks::MutexLock) -> Result<(), LockError> {
-    if manager.release_lock(&lock.to_release_options())? {
-        Ok(())
-    } else {
-        Err(LockError::NotHeld {
-            key: lock.mutex_key.clone(),
-            version: lock.version.clone(),
-        })
-    }
+    manager.release_lock(&lock.to_release_options())
 }
 
 /// `threads` threads take turns on one mutex (acquire + release, waiting while it is busy),
@@ -317,10 +302,11 @@ fn clean_up(manager: &LockManager, keys: &Keys) -> Result<(), Exit> {
         })());
     }
     note((|| {
-        if manager.get_semaphore(&keys.semaphore)?.is_none() {
-            return Ok(());
-        }
-        for slot in manager.get_semaphore_mutexes(&keys.semaphore)? {
+        let slots = match manager.get_semaphore_mutexes(&keys.semaphore) {
+            Err(LockError::NotFound(_)) => return Ok(()),
+            slots => slots?,
+        };
+        for slot in slots {
             if slot.locked {
                 manager.release_lock(&slot.to_release_options())?;
             }
@@ -335,124 +321,4 @@ fn clean_up(manager: &LockManager, keys: &Keys) -> Result<(), Exit> {
             keys.mutex
         ))),
     }
-}
-
-/// `value` rounded to 3 decimals, for JSON.
-fn round3(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
-}
-
-fn ratio(stats: &Stats, base: &Stats) -> f64 {
-    stats.mean_us / base.mean_us
-}
-
-fn stats_json(stats: &Stats, base: Option<&Stats>) -> Value {
-    let mut v = json!({
-        "mean_us": round3(stats.mean_us),
-        "p50_us": round3(stats.p50_us),
-        "p99_us": round3(stats.p99_us),
-    });
-    if let Some(base) = base {
-        v["ratio_to_round_trip"] = json!(round3(ratio(stats, base)));
-    }
-    v
-}
-
-fn report_json(
-    r: &Report,
-    manager: &LockManager,
-    provider: &str,
-    store: &str,
-    args: &BenchArgs,
-) -> Value {
-    let base = &r.round_trip;
-    let mut permit_cycle = stats_json(&r.permit_cycle, Some(base));
-    permit_cycle["semaphore_size"] = json!(args.semaphore_size);
-    json!({
-        "provider": provider,
-        "store": store,
-        "tenant_id": manager.tenant_id(),
-        "iterations": args.iterations,
-        "round_trip": stats_json(base, None),
-        "acquire_release": stats_json(&r.acquire_release, Some(base)),
-        "heartbeat": stats_json(&r.heartbeat, Some(base)),
-        "guard_cycle": stats_json(&r.guard_cycle, Some(base)),
-        "permit_cycle": permit_cycle,
-        "contended": {
-            "threads": r.contended.threads,
-            "grants": r.contended.grants,
-            "grants_per_sec": round3(r.contended.grants_per_sec),
-            "mean_us_per_grant": round3(r.contended.mean_us_per_grant),
-            "ratio_to_round_trip": round3(r.contended.mean_us_per_grant / base.mean_us),
-        },
-    })
-}
-
-fn report_human(
-    r: &Report,
-    manager: &LockManager,
-    provider: &str,
-    store: &str,
-    args: &BenchArgs,
-) -> String {
-    let base = &r.round_trip;
-    let rows = [
-        (
-            "round_trip",
-            base,
-            "get_mutex: one primary-key read".to_owned(),
-        ),
-        (
-            "acquire_release",
-            &r.acquire_release,
-            "acquire_lock + release_lock".to_owned(),
-        ),
-        ("heartbeat", &r.heartbeat, "send_heartbeat".to_owned()),
-        (
-            "guard_cycle",
-            &r.guard_cycle,
-            "lock() + release, heartbeat thread included".to_owned(),
-        ),
-        (
-            "permit_cycle",
-            &r.permit_cycle,
-            format!("a permit of {}", args.semaphore_size),
-        ),
-    ];
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{provider} at {store}, tenant `{}`, {} iterations each\n",
-        manager.tenant_id(),
-        args.iterations
-    );
-    let _ = writeln!(
-        s,
-        "{:15}  {:>10}  {:>10}  {:>10}  {:>7}  NOTE",
-        "OPERATION", "MEAN_US", "P50_US", "P99_US", "RATIO"
-    );
-    for (name, stats, note) in rows {
-        let _ = writeln!(
-            s,
-            "{name:15}  {:>10.1}  {:>10.1}  {:>10.1}  {:>7.2}  {note}",
-            stats.mean_us,
-            stats.p50_us,
-            stats.p99_us,
-            ratio(stats, base)
-        );
-    }
-    let c = &r.contended;
-    let _ = writeln!(
-        s,
-        "{:15}  {:>10.1}  {:>10}  {:>10}  {:>7.2}  per grant: {} threads, {} grants, {:.0} grants/s",
-        "contended",
-        c.mean_us_per_grant,
-        "-",
-        "-",
-        c.mean_us_per_grant / base.mean_us,
-        c.threads,
-        c.grants,
-        c.grants_per_sec
-    );
-    s
 }

@@ -12,14 +12,17 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use db_locks::{
-    validate_key, validate_lock_key, AcquireLockOptions, AcquireLockOptionsBuilder, ErrorKind,
-    LockError, LockManager, LocksConfig, MutexLock, Provider, Redactor, ReleaseLockOptionsBuilder,
-    SemaphoreBuilder, SendHeartbeatOptionsBuilder, MAX_SEMAPHORE_SIZE,
+    validate_key, validate_semaphore_size, AcquireLockOptions, AcquireLockOptionsBuilder,
+    ErrorKind, LeaseGuard, LockError, LockManager, LockOptions, LocksConfig, PermitOptions,
+    Provider, Redactor, ReleaseLockOptions, ReleaseLockOptionsBuilder, SemaphoreBuilder,
+    SendHeartbeatOptions, SendHeartbeatOptionsBuilder,
 };
-use serde_json::json;
 
-use args::{Cli, Command, GlobalOpts};
-use output::{emit, json_line, lock_human, lock_json, semaphore_human, semaphore_json};
+use args::{
+    AcquireArgs, Cli, Command, CreateSemaphoreArgs, DeleteMutexArgs, GlobalOpts, HeartbeatArgs,
+    KeyArgs, ReleaseArgs, RunArgs,
+};
+use output::Output;
 
 /// Exit codes of the contract.
 const EXIT_OTHER: u8 = 1;
@@ -190,310 +193,251 @@ fn build_config(
     Ok(config)
 }
 
-/// Checks keys and sizes before connecting, so bad input is exit 2 even when the store is down.
+/// Checks the input with the library's own rules before connecting, so bad input is exit 2
+/// even when the store is down.
 fn preflight(command: &Command) -> Result<(), LockError> {
-    let keys: Vec<&str> = match command {
-        Command::Acquire(a) => {
-            if a.semaphore && a.delete_on_release {
-                return Err(LockError::Validation(
-                    "--delete-on-release applies to mutexes, not semaphore permits".into(),
-                ));
-            }
-            vec![&a.key]
+    match command {
+        Command::Acquire(a) => acquire_options(a).validate(),
+        Command::Run(a) => run_options(a).validate(),
+        Command::Heartbeat(a) => heartbeat_options(a).validate().map(drop),
+        Command::Release(a) => release_options(a).validate().map(drop),
+        Command::CreateSemaphore(a) => {
+            validate_key(&a.key)?;
+            validate_semaphore_size(a.max)
         }
-        Command::Heartbeat(a) => {
-            return validate_lock_key(&a.key, a.semaphore_key.as_deref());
-        }
-        Command::Release(a) => {
-            return validate_lock_key(&a.key, a.semaphore_key.as_deref());
-        }
+        Command::DeleteMutex(a) => validate_key(&a.key),
         Command::GetMutex(a)
         | Command::GetSemaphore(a)
         | Command::DeleteSemaphore(a)
-        | Command::GetSemaphoreMutexes(a) => vec![&a.key],
-        Command::DeleteMutex(a) => vec![&a.key],
-        Command::CreateSemaphore(a) => {
-            if !(1..=MAX_SEMAPHORE_SIZE).contains(&a.max) {
-                return Err(LockError::Validation(format!(
-                    "semaphore size must be between 1 and {MAX_SEMAPHORE_SIZE}, not {}",
-                    a.max
-                )));
-            }
-            vec![&a.key]
-        }
-        Command::Run(a) => vec![&a.key],
-        Command::Bench(a) => return bench::check(a),
-        Command::List | Command::Migrate => vec![],
-    };
-    keys.into_iter().try_for_each(validate_key)
+        | Command::GetSemaphoreMutexes(a) => validate_key(&a.key),
+        Command::Bench(a) => bench::check(a),
+        Command::List | Command::Migrate => Ok(()),
+    }
+}
+
+/// What every command works with: the manager, its config, and the output format.
+struct Session {
+    manager: LockManager,
+    config: LocksConfig,
+    out: Output,
 }
 
 fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Redactor) -> Result<u8, Exit> {
     preflight(&cli.command)?;
-    let config = build_config(
-        &cli.global,
-        cli.provider.map(Provider::from),
-        matches,
-        secrets,
-    )?;
-    let manager = LockManager::connect(&config)?;
-    let json = cli.global.json;
-    let print = |text: String| -> Result<u8, Exit> {
-        emit(&text).map_err(|e| Exit::other(format!("cannot write the result to stdout: {e}")))?;
-        Ok(0)
+    let config = build_config(&cli.global, cli.provider, matches, secrets)?;
+    let session = Session {
+        manager: LockManager::connect(&config)?,
+        config,
+        out: Output::new(cli.global.json),
     };
-    let print_lock = |lock: &MutexLock| {
-        print(if json {
-            json_line(&lock_json(lock))
-        } else {
-            lock_human(lock)
-        })
-    };
-    let not_found =
-        |what: &str, key: &str| Exit::other(format!("not found: {what} `{key}` does not exist"));
-
+    let s = &session;
     match &cli.command {
-        Command::Acquire(a) => {
-            let mut opts = AcquireLockOptionsBuilder::new(&a.key)
-                .with_requires_semaphore(a.semaphore)
-                .with_delete_on_release(a.delete_on_release);
-            if let Some(lease) = a.lease {
-                opts = opts.with_lease_duration(lease);
-            }
-            if let Some(data) = &a.data {
-                opts = opts.with_data(data);
-            }
-            let opts = opts.build();
-            let wait = default_wait(&manager, &opts, a.wait)?;
-            let lock = waiting::acquire(&opts, wait, awaited(&manager, &opts), |o| {
-                manager.acquire_lock(o)
-            })?;
-            let printed = print_lock(&lock);
-            if printed.is_err() {
-                // Nobody learnt the version: give the lease back rather than strand it.
-                let _ = manager.release_lock(&lock.to_release_options());
-            }
-            printed
-        }
-        Command::Heartbeat(a) => {
-            // Without -l the library keeps the lock's current lease.
-            let mut opts = SendHeartbeatOptionsBuilder::new(&a.key, &a.version);
-            if let Some(lease) = a.lease {
-                opts = opts.with_lease_duration(lease);
-            }
-            if let Some(sem) = &a.semaphore_key {
-                opts = opts.with_semaphore_key(sem);
-            }
-            if let Some(data) = &a.data {
-                opts = opts.with_data(data);
-            }
-            if let Some(new_version) = &a.new_version {
-                opts = opts.with_new_version(new_version);
-            }
-            let lock = manager.send_heartbeat(&opts.build())?;
-            print_lock(&lock)
-        }
-        Command::Release(a) => {
-            let mut opts = ReleaseLockOptionsBuilder::new(&a.key, &a.version);
-            if let Some(sem) = &a.semaphore_key {
-                opts = opts.with_semaphore_key(sem);
-            }
-            if let Some(data) = &a.data {
-                opts = opts.with_data(data);
-            }
-            if a.delete {
-                opts = opts.with_delete_lock(true);
-            }
-            if !manager.release_lock(&opts.build())? {
-                return Err(LockError::NotHeld {
-                    key: a.key.clone(),
-                    version: a.version.clone(),
-                }
-                .into());
-            }
-            print(if json {
-                json_line(&json!({
-                    "mutex_key": a.key,
-                    "semaphore_key": a.semaphore_key,
-                    "tenant_id": manager.tenant_id(),
-                    "version": a.version,
-                    "released": true,
-                }))
-            } else {
-                format!("released `{}`\n", a.key)
-            })
-        }
-        Command::GetMutex(a) => match manager.get_mutex(&a.key)? {
-            Some(lock) => print_lock(&lock),
-            None => Err(not_found("mutex", &a.key)),
-        },
-        Command::DeleteMutex(a) => {
-            if !manager.delete_mutex(&a.key, a.version.as_deref())? {
-                return Err(match (&a.version, manager.get_mutex(&a.key)?) {
-                    (Some(version), Some(_)) => LockError::NotHeld {
-                        key: a.key.clone(),
-                        version: version.clone(),
-                    }
-                    .into(),
-                    _ => not_found("mutex", &a.key),
-                });
-            }
-            print(if json {
-                json_line(&json!({
-                    "mutex_key": a.key,
-                    "tenant_id": manager.tenant_id(),
-                    "deleted": true,
-                }))
-            } else {
-                format!("deleted mutex `{}`\n", a.key)
-            })
-        }
-        Command::CreateSemaphore(a) => {
-            let mut builder = SemaphoreBuilder::new(&a.key, a.max);
-            if let Some(lease) = a.lease {
-                builder = builder.with_lease_duration_millis(lease.as_millis().max(1) as i64);
-            }
-            let semaphore = manager.create_semaphore(&builder.build())?;
-            print(if json {
-                json_line(&semaphore_json(&semaphore))
-            } else {
-                semaphore_human(&semaphore)
-            })
-        }
-        Command::GetSemaphore(a) => match manager.get_semaphore(&a.key)? {
-            Some(s) => print(if json {
-                json_line(&semaphore_json(&s))
-            } else {
-                semaphore_human(&s)
-            }),
-            None => Err(not_found("semaphore", &a.key)),
-        },
-        Command::DeleteSemaphore(a) => {
-            if !manager.delete_semaphore(&a.key)? {
-                return Err(not_found("semaphore", &a.key));
-            }
-            print(if json {
-                json_line(&json!({
-                    "semaphore_key": a.key,
-                    "tenant_id": manager.tenant_id(),
-                    "deleted": true,
-                }))
-            } else {
-                format!("deleted semaphore `{}`\n", a.key)
-            })
-        }
-        Command::GetSemaphoreMutexes(a) => {
-            if manager.get_semaphore(&a.key)?.is_none() {
-                return Err(not_found("semaphore", &a.key));
-            }
-            let slots = manager.get_semaphore_mutexes(&a.key)?;
-            print(if json {
-                json_line(&serde_json::Value::Array(
-                    slots.iter().map(lock_json).collect(),
-                ))
-            } else {
-                output::locks_table(&slots, "")
-            })
-        }
-        Command::List => {
-            let mutexes = manager.list_mutexes()?;
-            let semaphores = manager
-                .list_semaphores()?
-                .into_iter()
-                .map(|s| {
-                    let slots = manager.get_semaphore_mutexes(&s.semaphore_key)?;
-                    Ok((s, slots))
-                })
-                .collect::<Result<Vec<_>, LockError>>()?;
-            print(output::list(&mutexes, &semaphores, json))
-        }
-        Command::Migrate => {
-            manager.migrate()?;
-            let store = store_name(&config);
-            print(if json {
-                json_line(&json!({
-                    "provider": config.provider.to_string(),
-                    "store": store,
-                    "migrated": true,
-                }))
-            } else {
-                format!("the schema of {store} is up to date\n")
-            })
-        }
-        Command::Bench(a) => print(bench::run(
-            &manager,
-            &config.provider.to_string(),
-            &store_name(&config),
-            a,
-            json,
-        )?),
-        Command::Run(a) => {
-            let mut opts =
-                AcquireLockOptionsBuilder::new(&a.key).with_requires_semaphore(a.semaphore);
-            if let Some(lease) = a.lease {
-                opts = opts.with_lease_duration(lease);
-            }
-            if let Some(data) = &a.data {
-                opts = opts.with_data(data);
-            }
-            let opts = opts.build();
-            let wait = default_wait(&manager, &opts, a.wait)?;
-            let held = if a.semaphore {
-                waiting::acquire(&opts, wait, awaited(&manager, &opts), |o| {
-                    manager.acquire_permit(o).map(run::Held::Permit)
-                })?
-            } else {
-                waiting::acquire(&opts, wait, awaited(&manager, &opts), |o| {
-                    manager.lock(o).map(run::Held::Mutex)
-                })?
-            };
-            run::run(held, a, manager.tenant_id())
-        }
+        Command::Acquire(a) => acquire(s, a),
+        Command::Heartbeat(a) => heartbeat(s, a),
+        Command::Release(a) => release(s, a),
+        Command::GetMutex(a) => get_mutex(s, a),
+        Command::DeleteMutex(a) => delete_mutex(s, a),
+        Command::CreateSemaphore(a) => create_semaphore(s, a),
+        Command::GetSemaphore(a) => get_semaphore(s, a),
+        Command::DeleteSemaphore(a) => delete_semaphore(s, a),
+        Command::GetSemaphoreMutexes(a) => get_semaphore_mutexes(s, a),
+        Command::List => list(s),
+        Command::Migrate => migrate(s),
+        Command::Bench(a) => s
+            .out
+            .print(&s.out.bench(&bench::run(&s.manager, a)?, &s.config)),
+        Command::Run(a) => run(s, a),
     }
 }
 
-/// The store `config` names, without passwords, for `migrate` and `bench`.
-fn store_name(config: &LocksConfig) -> String {
-    match config.provider {
-        Provider::Rdb => config.redacted_database_url(),
-        Provider::Redis => db_locks::redact_url(&config.redis_url),
-        Provider::Ddb => format!(
-            "{} (tables {} and {})",
-            config
-                .dynamodb_endpoint
-                .as_deref()
-                .map_or_else(|| "DynamoDB".to_owned(), db_locks::redact_url),
-            config.dynamodb_mutex_table,
-            config.dynamodb_semaphore_table
-        ),
+fn not_found(what: &str, key: &str) -> Exit {
+    Exit::other(format!("not found: {what} `{key}` does not exist"))
+}
+
+fn acquire_options(a: &AcquireArgs) -> AcquireLockOptions {
+    let mut opts = AcquireLockOptionsBuilder::new(&a.key)
+        .with_requires_semaphore(a.semaphore)
+        .with_delete_on_release(a.delete_on_release);
+    if let Some(lease) = a.lease {
+        opts = opts.with_lease_duration(lease);
+    }
+    if let Some(data) = &a.data {
+        opts = opts.with_data(data);
+    }
+    opts.build()
+}
+
+fn acquire(s: &Session, a: &AcquireArgs) -> Result<u8, Exit> {
+    let mut opts = acquire_options(a);
+    let wait = default_wait(&s.manager, &opts, a.wait)?;
+    opts.wait = Some(wait);
+    let lock = waiting::acquire(wait, awaited(&s.manager, &opts), || {
+        s.manager.acquire_lock(&opts)
+    })?;
+    let printed = s.out.print(&s.out.lock(&lock));
+    if printed.is_err() {
+        // Nobody learnt the version: give the lease back rather than strand it.
+        let _ = s.manager.release_lock(&lock.to_release_options());
+    }
+    printed
+}
+
+fn heartbeat_options(a: &HeartbeatArgs) -> SendHeartbeatOptions {
+    // Without -l the library keeps the lock's current lease.
+    let mut opts = SendHeartbeatOptionsBuilder::new(&a.key, &a.version);
+    if let Some(lease) = a.lease {
+        opts = opts.with_lease_duration(lease);
+    }
+    if let Some(sem) = &a.semaphore_key {
+        opts = opts.with_semaphore_key(sem);
+    }
+    if let Some(data) = &a.data {
+        opts = opts.with_data(data);
+    }
+    if let Some(new_version) = &a.new_version {
+        opts = opts.with_new_version(new_version);
+    }
+    opts.build()
+}
+
+fn heartbeat(s: &Session, a: &HeartbeatArgs) -> Result<u8, Exit> {
+    let lock = s.manager.send_heartbeat(&heartbeat_options(a))?;
+    s.out.print(&s.out.lock(&lock))
+}
+
+fn release_options(a: &ReleaseArgs) -> ReleaseLockOptions {
+    let mut opts = ReleaseLockOptionsBuilder::new(&a.key, &a.version);
+    if let Some(sem) = &a.semaphore_key {
+        opts = opts.with_semaphore_key(sem);
+    }
+    if let Some(data) = &a.data {
+        opts = opts.with_data(data);
+    }
+    if a.delete {
+        opts = opts.with_delete_lock(true);
+    }
+    opts.build()
+}
+
+fn release(s: &Session, a: &ReleaseArgs) -> Result<u8, Exit> {
+    s.manager.release_lock(&release_options(a))?;
+    s.out.print(&s.out.released(a, s.manager.tenant_id()))
+}
+
+fn get_mutex(s: &Session, a: &KeyArgs) -> Result<u8, Exit> {
+    match s.manager.get_mutex(&a.key)? {
+        Some(lock) => s.out.print(&s.out.lock(&lock)),
+        None => Err(not_found("mutex", &a.key)),
     }
 }
 
-/// The wait when `-w` is not given: the lease (`-l`), else the semaphore's lease for a
-/// permit, else the config's default lease. With `-s`, also fails early if the semaphore
-/// does not exist.
+fn delete_mutex(s: &Session, a: &DeleteMutexArgs) -> Result<u8, Exit> {
+    // A stale version is `NotHeld` (exit 3), a live lease without one `Conflict` (75).
+    if !s.manager.delete_mutex(&a.key, a.version.as_deref())? {
+        return Err(not_found("mutex", &a.key));
+    }
+    s.out
+        .print(&s.out.deleted("mutex", &a.key, s.manager.tenant_id()))
+}
+
+fn create_semaphore(s: &Session, a: &CreateSemaphoreArgs) -> Result<u8, Exit> {
+    let mut builder = SemaphoreBuilder::new(&a.key, a.max);
+    if let Some(lease) = a.lease {
+        builder = builder.with_lease_duration(lease);
+    }
+    let semaphore = s.manager.create_semaphore(&builder.build())?;
+    s.out.print(&s.out.semaphore(&semaphore))
+}
+
+fn get_semaphore(s: &Session, a: &KeyArgs) -> Result<u8, Exit> {
+    match s.manager.get_semaphore(&a.key)? {
+        Some(semaphore) => s.out.print(&s.out.semaphore(&semaphore)),
+        None => Err(not_found("semaphore", &a.key)),
+    }
+}
+
+fn delete_semaphore(s: &Session, a: &KeyArgs) -> Result<u8, Exit> {
+    if !s.manager.delete_semaphore(&a.key)? {
+        return Err(not_found("semaphore", &a.key));
+    }
+    s.out
+        .print(&s.out.deleted("semaphore", &a.key, s.manager.tenant_id()))
+}
+
+fn get_semaphore_mutexes(s: &Session, a: &KeyArgs) -> Result<u8, Exit> {
+    let slots = s.manager.get_semaphore_mutexes(&a.key)?;
+    s.out.print(&s.out.locks(&slots))
+}
+
+fn list(s: &Session) -> Result<u8, Exit> {
+    let mutexes = s.manager.list_mutexes()?;
+    let mut semaphores = Vec::new();
+    for semaphore in s.manager.list_semaphores()? {
+        match s.manager.get_semaphore_mutexes(&semaphore.semaphore_key) {
+            Ok(slots) => semaphores.push((semaphore, slots)),
+            // Deleted since it was listed.
+            Err(LockError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    s.out.print(&s.out.list(&mutexes, &semaphores))
+}
+
+fn migrate(s: &Session) -> Result<u8, Exit> {
+    s.manager.migrate()?;
+    s.out.print(&s.out.migrated(&s.config))
+}
+
+/// `run`'s options, checked like `acquire`'s.
+fn run_options(a: &RunArgs) -> AcquireLockOptions {
+    let mut opts = AcquireLockOptionsBuilder::new(&a.key).with_requires_semaphore(a.semaphore);
+    if let Some(lease) = a.lease {
+        opts = opts.with_lease_duration(lease);
+    }
+    if let Some(data) = &a.data {
+        opts = opts.with_data(data);
+    }
+    opts.build()
+}
+
+fn run(s: &Session, a: &RunArgs) -> Result<u8, Exit> {
+    let opts = run_options(a);
+    let wait = default_wait(&s.manager, &opts, a.wait)?;
+    let m = &s.manager;
+    let guard: Option<LeaseGuard> = waiting::acquire(wait, awaited(m, &opts), || {
+        if a.semaphore {
+            let mut permit = PermitOptions::new();
+            permit.lease = a.lease;
+            permit.data = a.data.clone();
+            Ok(m.try_acquire_permit_for(&a.key, wait, &permit)?
+                .map(Into::into))
+        } else {
+            let mut lock = LockOptions::new();
+            lock.lease = a.lease;
+            lock.data = a.data.clone();
+            Ok(m.try_lock_for(&a.key, wait, &lock)?.map(Into::into))
+        }
+    })?;
+    let guard = guard.ok_or_else(|| LockError::NotGranted {
+        key: a.key.clone(),
+        waited_ms: wait.as_millis() as u64,
+    })?;
+    run::run(guard, a)
+}
+
+/// The wait when `-w` is not given: the manager's default for this lease (for a permit, one
+/// read of the semaphore, which also fails early if it does not exist).
 fn default_wait(
     manager: &LockManager,
     opts: &AcquireLockOptions,
     wait: Option<Duration>,
-) -> Result<Duration, Exit> {
-    let semaphore_lease = if opts.requires_semaphore {
-        match manager.get_semaphore(&opts.key)? {
-            Some(s) => Some(Duration::from_millis(s.lease_duration_ms.max(1) as u64)),
-            None => {
-                return Err(Exit::other(format!(
-                    "not found: semaphore `{}` does not exist (create it with create-semaphore)",
-                    opts.key
-                )))
-            }
-        }
+) -> Result<Duration, LockError> {
+    if opts.requires_semaphore {
+        let default = manager.permit_default_wait(&opts.key, opts.lease_duration)?;
+        Ok(wait.unwrap_or(default))
     } else {
-        None
-    };
-    Ok(wait
-        .or(opts.lease_duration)
-        .or(semaphore_lease)
-        .unwrap_or(Duration::from_millis(manager.config().default_lease_ms)))
+        Ok(wait.unwrap_or_else(|| manager.default_wait(opts.lease_duration)))
+    }
 }
 
 /// What `acquire` or `run` waits for, for the progress line (read when it is shown).

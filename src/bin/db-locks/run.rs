@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
-use db_locks::{LockError, MutexGuard, MutexLock, SemaphorePermit};
+use db_locks::{LeaseGuard, LockError};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::exfiltrator::WithRawSiginfo;
 use signal_hook::iterator::SignalsInfo;
@@ -23,42 +23,6 @@ use crate::Exit;
 
 /// Signals passed on to the child.
 const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
-
-/// The guard of a mutex or of a semaphore permit.
-pub enum Held {
-    Mutex(MutexGuard),
-    Permit(SemaphorePermit),
-}
-
-impl Held {
-    fn record(&self) -> MutexLock {
-        match self {
-            Held::Mutex(g) => g.lock_record(),
-            Held::Permit(p) => p.lock_record(),
-        }
-    }
-
-    fn ensure_held(&self) -> Result<(), LockError> {
-        match self {
-            Held::Mutex(g) => g.ensure_held(),
-            Held::Permit(p) => p.ensure_held(),
-        }
-    }
-
-    fn lost_signal(&self) -> Receiver<()> {
-        match self {
-            Held::Mutex(g) => g.lost_signal(),
-            Held::Permit(p) => p.lost_signal(),
-        }
-    }
-
-    fn release(self) -> Result<(), LockError> {
-        match self {
-            Held::Mutex(g) => g.release(),
-            Held::Permit(p) => p.release(),
-        }
-    }
-}
 
 /// Where signals for the child go.
 #[derive(Clone, Copy)]
@@ -88,9 +52,8 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// Runs the child under `held` and returns db-locks' exit code.
-pub fn run(held: Held, args: &RunArgs, tenant: &str) -> Result<u8, Exit> {
-    let record = held.record();
+/// Runs the child under `held` (a mutex guard or a permit) and returns db-locks' exit code.
+pub fn run(held: LeaseGuard, args: &RunArgs) -> Result<u8, Exit> {
     let interactive = std::io::stdin().is_terminal();
 
     // Registered before the child starts, so no signal meant for it is lost in between.
@@ -112,11 +75,11 @@ pub fn run(held: Held, args: &RunArgs, tenant: &str) -> Result<u8, Exit> {
     let mut command = Command::new(&args.command[0]);
     command
         .args(&args.command[1..])
-        .env("DB_LOCKS_KEY", &record.mutex_key)
-        .env("DB_LOCKS_TENANT", tenant)
-        .env("DB_LOCKS_FENCING_TOKEN", record.fencing_token.to_string())
-        .env("DB_LOCKS_VERSION", &record.version);
-    match &record.semaphore_key {
+        .env("DB_LOCKS_KEY", held.key())
+        .env("DB_LOCKS_TENANT", held.tenant_id())
+        .env("DB_LOCKS_FENCING_TOKEN", held.fencing_token().to_string())
+        .env("DB_LOCKS_VERSION", held.record().version);
+    match held.semaphore_key() {
         Some(sem) => command.env("DB_LOCKS_SEMAPHORE_KEY", sem),
         None => command.env_remove("DB_LOCKS_SEMAPHORE_KEY"),
     };
@@ -191,7 +154,7 @@ fn describe(status: ExitStatus) -> String {
 fn supervise(
     child: &mut Child,
     target: Target,
-    held: &Held,
+    held: &LeaseGuard,
     signal_rx: &Receiver<(i32, i32)>,
     interactive: bool,
     kill_after: Duration,

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
-use db_locks::{AcquireLockOptions, Result};
+use db_locks::Result;
 
 /// How long a wait goes on before the progress line appears (an uncontended acquire never
 /// shows it).
@@ -73,20 +73,17 @@ impl Drop for Indicator {
     }
 }
 
-/// Waits up to `wait` with `wait_for` (the library's wait loop), showing what it waits for
-/// while it does, if stderr is a terminal.
+/// Runs `wait_for` (the library's wait loop, waiting up to `wait`), showing what it waits
+/// for while it does, if stderr is a terminal.
 pub fn acquire<T>(
-    opts: &AcquireLockOptions,
     wait: Duration,
     describe: impl FnOnce() -> String + Send + 'static,
-    wait_for: impl FnOnce(&AcquireLockOptions) -> Result<T>,
+    wait_for: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let _indicator = if std::io::stderr().is_terminal() && !wait.is_zero() {
         Indicator::start(describe, Instant::now(), wait)
     } else {
         None
     };
-    let mut opts = opts.clone();
-    opts.wait = Some(wait);
-    wait_for(&opts)
+    wait_for()
 }

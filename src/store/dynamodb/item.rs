@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::error::{LockError, Result};
-use crate::model::{millis_to_datetime, MutexLock, Semaphore};
+use crate::model::{from_millis, millis_to_datetime, MutexLock, Semaphore};
+use crate::store::Target;
 
 /// One item, as the SDK hands it over.
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -50,6 +51,25 @@ impl Key {
             pk: mutex_partition(tenant_id, semaphore_key.unwrap_or("")),
             sk: mutex_key.to_owned(),
         }
+    }
+
+    /// The plain mutex or permit slot a renewal or release names.
+    pub(super) fn target(tenant_id: &str, target: Target<'_>) -> Key {
+        Key::mutex(tenant_id, target.semaphore(), &target.key())
+    }
+
+    /// Permit slot `number` of a semaphore: the number in its key (its position, `slot_index`,
+    /// differs from it once a shrink has swapped it).
+    pub(super) fn slot(tenant_id: &str, semaphore_key: &str, number: i64) -> Key {
+        // Slot numbers lie below `slot_count`, which validation keeps far below `u32::MAX`.
+        let index = number as u32;
+        Key::target(
+            tenant_id,
+            Target::Slot {
+                semaphore: semaphore_key,
+                index,
+            },
+        )
     }
 
     /// The key of `item` (of either table).
@@ -225,7 +245,7 @@ pub(super) fn to_mutex(item: &Item) -> Result<MutexLock> {
         tenant_id: s(TENANT_ID)?,
         version: get_s(item, VERSION).unwrap_or_default().to_owned(),
         fencing_token: get_n(item, FENCING_TOKEN).unwrap_or(0),
-        lease_duration_ms: n(LEASE_DURATION_MS)?,
+        lease_duration: from_millis(n(LEASE_DURATION_MS)?),
         semaphore_key: get_s(item, SEMAPHORE_KEY).map(str::to_owned),
         data: get_s(item, DATA).map(str::to_owned),
         delete_on_release: get_bool(item, DELETE_ON_RELEASE),
@@ -286,7 +306,7 @@ impl SemaphoreInfo {
             tenant_id: self.tenant_id.clone(),
             version: self.version.clone(),
             max_size: self.max_size,
-            lease_duration_ms: self.lease_ms,
+            lease_duration: from_millis(self.lease_ms),
             busy_count,
         }
     }

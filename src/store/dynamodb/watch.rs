@@ -8,7 +8,7 @@
 //!   the write that produced that `rvn`, and every renewal changes the `rvn`. The takeover is
 //!   then a write conditioned on that very `rvn`. No two clocks are compared; but a process that
 //!   has not watched the lock for a lease (a fresh try-once process) cannot use this rule.
-//! * **Stored expiry, with a bound on clock skew** (`dynamodb_trust_expiry_with_skew_ms`,
+//! * **Stored expiry, with a bound on clock skew** (`dynamodb_trust_expiry_with_skew`,
 //!   default one minute; `None` turns the rule off): the `expires_at_ms` the holder wrote (its
 //!   wall clock plus the lease) is more than the bound in the past on the waiter's wall clock.
 //!   Safe as long as the two clocks are within the bound of each other; it is what lets a

@@ -26,16 +26,18 @@
 //!
 //! # How the operations work
 //!
-//! Each acquire, renew and release is one `EVALSHA` of a script loaded once (`EVAL` after a
-//! `NOSCRIPT`, e.g. after a server restart). A mutex is granted when its lock key is absent;
-//! the script writes the lock key with its `PX` in the same `SET`, so no lock key ever
-//! exists without a TTL, and takes the fencing token from the counter. Renew and release
-//! compare-and-set on the version kept in the record; as on the SQL stores, a lease that ran
-//! out but that nobody took over can still be renewed or released. Expiry times come from `TIME` inside the
-//! scripts: the client's clock is never used. A permit is the lowest index popped from `free`
-//! once fewer than `max_size` holders are live (expired holders are reclaimed in the same
-//! script), so its cost does not grow with `max_size`. Each script states the invariant it
-//! keeps (`lua/*.lua`).
+//! Each acquire, renew and release is one `EVALSHA` of a script loaded once (after a
+//! `NOSCRIPT`, e.g. after a server restart, the script is loaded again and the `EVALSHA`
+//! repeated). A mutex is granted when its lock key is absent; the script writes the lock key
+//! with its `PX` in the same `SET`, so no lock key ever exists without a TTL, and takes the
+//! fencing token from the counter. Renew and release compare-and-set on the version kept in
+//! the record; a renewal without a lease takes the one the record has, inside the same
+//! script. As on the SQL stores, a lease that ran out but that nobody took over can still be
+//! released, never renewed. Expiry times come from `TIME` inside the scripts: the client's
+//! clock is never used. A permit is the lowest index popped from `free` once fewer than
+//! `max_size` holders are live (expired holders are reclaimed in the same script), so its
+//! cost does not grow with `max_size`. Each script states the invariant it keeps
+//! (`lua/*.lua`).
 //!
 //! # Limits
 //!
@@ -68,10 +70,12 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use super::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+use super::{
+    AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, RenewRequest, Target,
+};
 use crate::config::LocksConfig;
 use crate::error::{LockError, Redactor, Result};
-use crate::model::{millis_to_datetime, slot_key, MutexLock, Semaphore};
+use crate::model::{from_millis, millis, millis_to_datetime, slot_key, MutexLock, Semaphore};
 
 const COMMON: &str = include_str!("lua/common.lua");
 
@@ -251,14 +255,10 @@ impl KeySpace {
     }
 }
 
-/// The index of slot key `key` of semaphore `semaphore_key`, if it is one.
-fn slot_index(semaphore_key: &str, key: &str) -> Option<i64> {
-    let index: i64 = key
-        .strip_prefix(semaphore_key)?
-        .strip_prefix('_')?
-        .parse()
-        .ok()?;
-    (index >= 0 && slot_key(semaphore_key, index) == key).then_some(index)
+/// A lease in milliseconds as a script argument; `""` (none) tells the script to use the
+/// stored one.
+fn lease_arg(lease: Option<Duration>) -> String {
+    lease.map(|d| millis(d).to_string()).unwrap_or_default()
 }
 
 /// `"1"` or `"0"`, as the scripts store flags.
@@ -304,7 +304,7 @@ struct LockReply {
     locked: bool,
     delete_on_release: bool,
     data: Option<String>,
-    index: Option<i64>,
+    index: Option<u32>,
 }
 
 impl LockReply {
@@ -323,7 +323,10 @@ impl LockReply {
             locked: int(4)? == 1,
             delete_on_release: int(5)? == 1,
             data: text(&items[6]),
-            index: items.get(7).and_then(integer),
+            index: items
+                .get(7)
+                .and_then(integer)
+                .and_then(|i| u32::try_from(i).ok()),
         }))
     }
 
@@ -333,7 +336,7 @@ impl LockReply {
             tenant_id: tenant_id.to_owned(),
             version: self.version,
             fencing_token: self.fencing_token,
-            lease_duration_ms: self.lease_ms,
+            lease_duration: from_millis(self.lease_ms),
             semaphore_key: semaphore_key.map(str::to_owned),
             data: self.data,
             delete_on_release: self.delete_on_release,
@@ -358,7 +361,7 @@ fn mutex_from_hash(
         tenant_id: tenant_id.to_owned(),
         version,
         fencing_token: int(&h, "fencing_token"),
-        lease_duration_ms: int(&h, "lease_ms"),
+        lease_duration: from_millis(int(&h, "lease_ms")),
         semaphore_key: None,
         delete_on_release: int(&h, "delete_on_release") == 1,
         locked: int(&h, "locked") == 1,
@@ -392,7 +395,7 @@ fn semaphore_from_items(
         tenant_id: tenant_id.to_owned(),
         version,
         max_size: int(1)?,
-        lease_duration_ms: int(2)?,
+        lease_duration: from_millis(int(2)?),
         busy_count: int(3)?,
     }))
 }
@@ -427,8 +430,8 @@ impl RedisStore {
         })?;
         let manager = ConnectionManager {
             client,
-            connect_timeout: config.connect_timeout(),
-            io_timeout: config.io_timeout(),
+            connect_timeout: config.connect_timeout,
+            io_timeout: config.io_timeout,
         };
         // As the SQL pools: no connections opened on r2d2's background threads (min_idle 0),
         // where a short-lived program could exit in the middle of one; one checkout here
@@ -436,7 +439,7 @@ impl RedisStore {
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size)
             .min_idle(Some(0))
-            .connection_timeout(config.connect_timeout())
+            .connection_timeout(config.connect_timeout)
             // No PING per checkout: every operation stays one round trip. A connection that
             // failed mid-request is marked broken and dropped instead.
             .test_on_check_out(false)
@@ -530,35 +533,12 @@ impl RedisStore {
     }
 }
 
-impl LockStore for RedisStore {
+impl LeaseStore for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
 
-    /// Redis has no schema: checks that the server is recent enough and loads the scripts.
-    fn migrate(&self) -> Result<()> {
-        let info: String = self.run(|c| redis::cmd("INFO").arg("server").query(c))?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("");
-        let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
-        if major.is_some_and(|m| m < MIN_REDIS_MAJOR) {
-            return Err(LockError::Store(format!(
-                "Redis {MIN_REDIS_MAJOR}.0 or later is required; the server at {} runs {version}",
-                self.url
-            )));
-        }
-        self.run(|c| {
-            for script in self.scripts.all() {
-                script.prepare_invoke().load(c)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+    fn acquire_mutex(&self, req: &MutexRequest<'_>) -> Result<Option<MutexLock>> {
         let k = self.keys.mutex(req.tenant_id, req.key);
         let reply: Value = self.run(|c| {
             self.scripts
@@ -569,7 +549,7 @@ impl LockStore for RedisStore {
                 .key(&k.index)
                 .arg(req.key)
                 .arg(req.version)
-                .arg(req.lease_ms)
+                .arg(millis(req.lease))
                 .arg(flag(req.data.is_some()))
                 .arg(req.data.unwrap_or(""))
                 .arg(flag(req.delete_on_release))
@@ -579,8 +559,8 @@ impl LockStore for RedisStore {
             .map(|r| r.into_lock(req.tenant_id, req.key.to_owned(), None)))
     }
 
-    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
-        let k = self.keys.semaphore(req.tenant_id, req.key);
+    fn acquire_permit(&self, req: &PermitRequest<'_>) -> Result<Option<MutexLock>> {
+        let k = self.keys.semaphore(req.tenant_id, req.semaphore);
         let reply: Value = self.run(|c| {
             self.scripts
                 .acquire_permit
@@ -590,7 +570,7 @@ impl LockStore for RedisStore {
                 .key(&k.slots)
                 .key(&k.fence)
                 .arg(req.version)
-                .arg(req.lease_ms.max(0))
+                .arg(lease_arg(req.lease))
                 .arg(flag(req.data.is_some()))
                 .arg(req.data.unwrap_or(""))
                 .arg(flag(req.retry))
@@ -599,7 +579,7 @@ impl LockStore for RedisStore {
         if reply == Value::Int(-1) {
             return Err(LockError::NotFound(format!(
                 "semaphore `{}` does not exist",
-                req.key
+                req.semaphore
             )));
         }
         match LockReply::parse("acquire_permit", &reply)? {
@@ -610,8 +590,8 @@ impl LockStore for RedisStore {
                     .ok_or_else(|| unexpected("acquire_permit", &reply))?;
                 Ok(Some(r.into_lock(
                     req.tenant_id,
-                    slot_key(req.key, index),
-                    Some(req.key),
+                    slot_key(req.semaphore, index),
+                    Some(req.semaphore),
                 )))
             }
         }
@@ -620,9 +600,10 @@ impl LockStore for RedisStore {
     fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
         let has_data = flag(req.data.is_some());
         let data = req.data.unwrap_or("");
-        let reply: Value = match req.semaphore_key {
-            None => {
-                let k = self.keys.mutex(req.tenant_id, req.key);
+        let lease = lease_arg(req.lease);
+        let reply: Value = match req.target {
+            Target::Mutex(key) => {
+                let k = self.keys.mutex(req.tenant_id, key);
                 self.run(|c| {
                     self.scripts
                         .renew_mutex
@@ -630,17 +611,14 @@ impl LockStore for RedisStore {
                         .key(&k.lock)
                         .arg(req.version)
                         .arg(req.new_version)
-                        .arg(req.lease_ms)
+                        .arg(&lease)
                         .arg(has_data)
                         .arg(data)
                         .invoke(c)
                 })?
             }
-            Some(sem) => {
-                let Some(index) = slot_index(sem, req.key) else {
-                    return Ok(None);
-                };
-                let k = self.keys.semaphore(req.tenant_id, sem);
+            Target::Slot { semaphore, index } => {
+                let k = self.keys.semaphore(req.tenant_id, semaphore);
                 self.run(|c| {
                     self.scripts
                         .renew_permit
@@ -649,38 +627,38 @@ impl LockStore for RedisStore {
                         .arg(index)
                         .arg(req.version)
                         .arg(req.new_version)
-                        .arg(req.lease_ms)
+                        .arg(&lease)
                         .arg(has_data)
                         .arg(data)
                         .invoke(c)
                 })?
             }
         };
-        Ok(LockReply::parse("renew", &reply)?
-            .map(|r| r.into_lock(req.tenant_id, req.key.to_owned(), req.semaphore_key)))
+        Ok(LockReply::parse("renew", &reply)?.map(|r| {
+            r.into_lock(
+                req.tenant_id,
+                req.target.key().into_owned(),
+                req.target.semaphore(),
+            )
+        }))
     }
 
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
         let has_data = flag(req.data.is_some());
         let data = req.data.unwrap_or("");
         let in_doubt = req.in_doubt_version.unwrap_or(req.version);
-        let released: i64 = match req.semaphore_key {
-            None => {
-                let k = self.keys.mutex(req.tenant_id, req.key);
-                let mode = match req.delete {
-                    Some(true) => "delete",
-                    Some(false) => "keep",
-                    None => "flag",
-                };
+        let released: i64 = match req.target {
+            Target::Mutex(key) => {
+                let k = self.keys.mutex(req.tenant_id, key);
                 self.run(|c| {
                     self.scripts
                         .release_mutex
                         .key(&k.record)
                         .key(&k.lock)
                         .key(&k.index)
-                        .arg(req.key)
+                        .arg(key)
                         .arg(req.version)
-                        .arg(mode)
+                        .arg(flag(req.delete))
                         .arg(has_data)
                         .arg(data)
                         .arg(in_doubt)
@@ -688,11 +666,8 @@ impl LockStore for RedisStore {
                 })?
             }
             // Permit slots are never deleted on release.
-            Some(sem) => {
-                let Some(index) = slot_index(sem, req.key) else {
-                    return Ok(false);
-                };
-                let k = self.keys.semaphore(req.tenant_id, sem);
+            Target::Slot { semaphore, index } => {
+                let k = self.keys.semaphore(req.tenant_id, semaphore);
                 self.run(|c| {
                     self.scripts
                         .release_permit
@@ -710,6 +685,33 @@ impl LockStore for RedisStore {
             }
         };
         Ok(released == 1)
+    }
+}
+
+impl AdminStore for RedisStore {
+    /// Redis has no schema: checks that the server is recent enough and loads the scripts.
+    fn migrate(&self) -> Result<()> {
+        let info: String = self.run(|c| redis::cmd("INFO").arg("server").query(c))?;
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or("");
+        let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+        if major.is_some_and(|m| m < MIN_REDIS_MAJOR) {
+            return Err(LockError::Store(format!(
+                "Redis {MIN_REDIS_MAJOR}.0 or later is required; the server at {} runs {version}",
+                self.url
+            )));
+        }
+        // All the loads in one pipeline: one more request.
+        self.run(|c| {
+            let mut pipe = redis::pipe();
+            for script in self.scripts.all() {
+                pipe.load_script(script);
+            }
+            pipe.query::<()>(c)
+        })
     }
 
     fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
@@ -754,7 +756,7 @@ impl LockStore for RedisStore {
                 .arg(key)
                 .arg(&semaphore.version)
                 .arg(semaphore.max_size)
-                .arg(semaphore.lease_duration_ms)
+                .arg(millis(semaphore.lease_duration))
                 .invoke(c)
         })?;
         let stored = match &reply {
@@ -790,7 +792,7 @@ impl LockStore for RedisStore {
         Ok(outcome == 1)
     }
 
-    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
+    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Option<Vec<MutexLock>>> {
         let k = self.keys.semaphore(tenant_id, key);
         // One consistent snapshot (MULTI/EXEC), one round trip.
         let (record, slots, fence): SlotsSnapshot = self.run(|c| {
@@ -807,43 +809,47 @@ impl LockStore for RedisStore {
                 .query(c)
         })?;
         let Some(max_size) = record.first().copied().flatten() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
+        // Validation bounds max_size far below u32::MAX.
+        let max_size = u32::try_from(max_size).unwrap_or(0);
         let created_at_ms = record.get(1).copied().flatten().unwrap_or(0);
         // Slots below max_size, and retired ones (at or above it) that are still held.
-        let mut indexes: Vec<i64> = (0..max_size).collect();
+        let mut indexes: Vec<u32> = (0..max_size).collect();
         indexes.extend(
             slots
                 .keys()
-                .filter_map(|f| f.strip_suffix(":version")?.parse::<i64>().ok())
+                .filter_map(|f| f.strip_suffix(":version")?.parse::<u32>().ok())
                 .filter(|&i| i >= max_size),
         );
         indexes.sort_unstable();
-        let field = |i: i64, name: &str| slots.get(&format!("{i}:{name}"));
-        let int = |i: i64, name: &str| field(i, name).and_then(|v| v.parse::<i64>().ok());
-        Ok(indexes
-            .into_iter()
-            .map(|i| {
-                let granted = field(i, "version").is_some();
-                MutexLock {
-                    mutex_key: slot_key(key, i),
-                    tenant_id: tenant_id.to_owned(),
-                    version: field(i, "version").cloned().unwrap_or_default(),
-                    // A slot never granted (or dropped by a shrink) shows its counter.
-                    fencing_token: int(i, "fencing_token")
-                        .or_else(|| fence.get(&i.to_string()).copied())
-                        .unwrap_or(0),
-                    lease_duration_ms: int(i, "lease_ms").unwrap_or(0),
-                    semaphore_key: Some(key.to_owned()),
-                    data: field(i, "data").cloned(),
-                    delete_on_release: false,
-                    locked: granted && int(i, "locked") == Some(1),
-                    expires_at: millis_to_datetime(
-                        int(i, "expires_at_ms").unwrap_or(created_at_ms),
-                    ),
-                }
-            })
-            .collect())
+        let field = |i: u32, name: &str| slots.get(&format!("{i}:{name}"));
+        let int = |i: u32, name: &str| field(i, name).and_then(|v| v.parse::<i64>().ok());
+        Ok(Some(
+            indexes
+                .into_iter()
+                .map(|i| {
+                    let granted = field(i, "version").is_some();
+                    MutexLock {
+                        mutex_key: slot_key(key, i),
+                        tenant_id: tenant_id.to_owned(),
+                        version: field(i, "version").cloned().unwrap_or_default(),
+                        // A slot never granted (or dropped by a shrink) shows its counter.
+                        fencing_token: int(i, "fencing_token")
+                            .or_else(|| fence.get(&i.to_string()).copied())
+                            .unwrap_or(0),
+                        lease_duration: from_millis(int(i, "lease_ms").unwrap_or(0)),
+                        semaphore_key: Some(key.to_owned()),
+                        data: field(i, "data").cloned(),
+                        delete_on_release: false,
+                        locked: granted && int(i, "locked") == Some(1),
+                        expires_at: millis_to_datetime(
+                            int(i, "expires_at_ms").unwrap_or(created_at_ms),
+                        ),
+                    }
+                })
+                .collect(),
+        ))
     }
 
     fn list_mutexes(&self, tenant_id: &str) -> Result<Vec<MutexLock>> {
@@ -933,15 +939,5 @@ mod tests {
         let s = keys.semaphore("t", "pool");
         assert_eq!(s.holders, "app%7Bx%7D:{t}:s:pool:holders");
         assert_eq!(s.index, "app%7Bx%7D:{t}:semaphores");
-    }
-
-    #[test]
-    fn slot_indexes_parse_exactly() {
-        assert_eq!(slot_index("pool", "pool_3"), Some(3));
-        assert_eq!(slot_index("a_1", "a_1_12"), Some(12));
-        assert_eq!(slot_index("pool", "pool_03"), None);
-        assert_eq!(slot_index("pool", "pool_-1"), None);
-        assert_eq!(slot_index("pool", "other_1"), None);
-        assert_eq!(slot_index("pool", "pool3"), None);
     }
 }

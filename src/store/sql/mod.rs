@@ -20,10 +20,12 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 use self::errors::{classify, Detail, LastError};
 use self::statements::{Dialect, Statement, Statements};
-use super::{AcquireRequest, LockStore, ReleaseRequest, RenewRequest};
+use super::{
+    AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, RenewRequest, Target,
+};
 use crate::config::LocksConfig;
 use crate::error::{LockError, Redactor, Result};
-use crate::model::{millis_to_datetime, slot_key, MutexLock, Semaphore};
+use crate::model::{from_millis, millis, millis_to_datetime, slot_key, MutexLock, Semaphore};
 
 #[cfg(feature = "mysql")]
 use diesel::mysql::MysqlConnection;
@@ -102,6 +104,7 @@ enum Param<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Int(i64),
+    OptInt(Option<i64>),
     Bool(bool),
 }
 
@@ -123,6 +126,7 @@ where
         q = match params[i] {
             Param::Text(v) => q.bind::<Text, _>(v),
             Param::OptText(v) => q.bind::<Nullable<Text>, _>(v),
+            Param::OptInt(v) => q.bind::<Nullable<BigInt>, _>(v),
             Param::Int(v) => q.bind::<BigInt, _>(v),
             Param::Bool(v) => q.bind::<Bool, _>(v),
         };
@@ -192,7 +196,7 @@ impl From<MutexRow> for MutexLock {
             tenant_id: row.tenant_id,
             version: row.version,
             fencing_token: row.fencing_token,
-            lease_duration_ms: row.lease_duration_ms,
+            lease_duration: from_millis(row.lease_duration_ms),
             semaphore_key: Some(row.semaphore_key).filter(|k| !k.is_empty()),
             data: row.data,
             delete_on_release: row.delete_on_release,
@@ -225,7 +229,7 @@ impl From<SemaphoreRow> for Semaphore {
             tenant_id: row.tenant_id,
             version: row.version,
             max_size: row.max_size,
-            lease_duration_ms: row.lease_duration_ms,
+            lease_duration: from_millis(row.lease_duration_ms),
             busy_count: row.busy_count,
         }
     }
@@ -368,7 +372,7 @@ impl SqlStore {
             .clone()
             .unwrap_or_else(|| LocksConfig::default_sqlite_path().display().to_string());
         let redactor = Redactor::for_url(&url);
-        let io_timeout = config.io_timeout();
+        let io_timeout = config.io_timeout;
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         let store = match scheme.as_deref() {
             Some("postgres") | Some("postgresql") => Self::connect_postgres(config, &url, redactor, io_timeout)?,
@@ -403,7 +407,7 @@ impl SqlStore {
         let pool = Pool::builder()
             .max_size(max_size)
             .min_idle(Some(0))
-            .connection_timeout(config.connect_timeout())
+            .connection_timeout(config.connect_timeout)
             .connection_customizer(setup)
             .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
             .build_unchecked(manager);
@@ -482,7 +486,7 @@ impl SqlStore {
         let mut url = url.to_owned();
         let sep = |u: &str| if u.contains('?') { '&' } else { '?' };
         if !url.contains("connect_timeout=") {
-            let secs = config.connect_timeout().as_secs().max(1);
+            let secs = config.connect_timeout.as_secs().max(1);
             url.push_str(&format!("{}connect_timeout={secs}", sep(&url)));
         }
         if !url.contains("tcp_user_timeout=") {
@@ -589,50 +593,18 @@ impl SqlStore {
     }
 }
 
-impl LockStore for SqlStore {
+impl LeaseStore for SqlStore {
     fn name(&self) -> &'static str {
         self.name
     }
 
-    fn migrate(&self) -> Result<()> {
-        fn run<C>(
-            conn: &mut C,
-            migrations: fn() -> EmbeddedMigrations,
-        ) -> std::result::Result<(), String>
-        where
-            C: MigrationHarness<C::Backend> + Connection,
-        {
-            // Several processes may start at once: if a race fails one of them, the
-            // migrations are done if nothing is pending any more.
-            match conn.run_pending_migrations(migrations()) {
-                Ok(_) => Ok(()),
-                Err(first) => match conn.has_pending_migration(migrations()) {
-                    Ok(false) => Ok(()),
-                    _ => conn
-                        .run_pending_migrations(migrations())
-                        .map(|_| ())
-                        .map_err(|_| first.to_string()),
-                },
-            }
-        }
-        let result = match &self.pool {
-            #[cfg(feature = "sqlite")]
-            SqlPool::Sqlite(pool) => run(&mut *self.checkout(pool)?, || SQLITE_MIGRATIONS),
-            #[cfg(feature = "postgres")]
-            SqlPool::Postgres(pool) => run(&mut *self.checkout(pool)?, || POSTGRES_MIGRATIONS),
-            #[cfg(feature = "mysql")]
-            SqlPool::Mysql(pool) => run(&mut *self.checkout(pool)?, || MYSQL_MIGRATIONS),
-        };
-        result.map_err(|e| LockError::Store(self.redactor.clean(format!("migration failed: {e}"))))
-    }
-
-    fn try_acquire_mutex(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+    fn acquire_mutex(&self, req: &MutexRequest<'_>) -> Result<Option<MutexLock>> {
         let params = [
             Param::Text(req.tenant_id),
             Param::Text(""),
             Param::Text(req.key),
             Param::Text(req.version),
-            Param::Int(req.lease_ms),
+            Param::Int(millis(req.lease)),
             Param::OptText(req.data),
             Param::Bool(req.delete_on_release),
         ];
@@ -653,15 +625,16 @@ impl LockStore for SqlStore {
     /// the semaphore row, drop the retired slots that are no longer live, pair each live one
     /// with a free active slot (the free one goes, the live one becomes active), then try the
     /// fast path again. A busy answer costs the fast path plus one primary-key read.
-    fn try_acquire_permit(&self, req: &AcquireRequest<'_>) -> Result<Option<MutexLock>> {
+    fn acquire_permit(&self, req: &PermitRequest<'_>) -> Result<Option<MutexLock>> {
         let params = [
             Param::Text(req.tenant_id),
-            Param::Text(req.key),
+            Param::Text(req.semaphore),
             Param::Text(req.version),
-            Param::Int(req.lease_ms),
+            Param::OptInt(req.lease.map(millis)),
             Param::OptText(req.data),
         ];
-        let missing = || LockError::NotFound(format!("semaphore `{}` does not exist", req.key));
+        let missing =
+            || LockError::NotFound(format!("semaphore `{}` does not exist", req.semaphore));
         with_connection!(self, conn => {
             let grant = |conn: &mut _, stmt| -> QueryResult<Option<MutexLock>> {
                 let rows: Vec<MutexRow> = if self.is_mysql() {
@@ -714,20 +687,20 @@ impl LockStore for SqlStore {
     }
 
     fn renew(&self, req: &RenewRequest<'_>) -> Result<Option<MutexLock>> {
-        let semaphore_key = req.semaphore_key.unwrap_or("");
+        let key = req.target.key();
         let params = [
             Param::Text(req.tenant_id),
-            Param::Text(semaphore_key),
-            Param::Text(req.key),
+            Param::Text(req.target.semaphore().unwrap_or("")),
+            Param::Text(&key),
             Param::Text(req.version),
             Param::Text(req.new_version),
-            Param::Int(req.lease_ms),
+            Param::OptInt(req.lease.map(millis)),
             Param::OptText(req.data),
         ];
         let read_back = [params[0], params[1], params[2], params[4]];
-        let renew = match req.semaphore_key {
-            Some(_) => &self.sql.renew_permit,
-            None => &self.sql.renew_mutex,
+        let renew = match req.target {
+            Target::Slot { .. } => &self.sql.renew_permit,
+            Target::Mutex(_) => &self.sql.renew_mutex,
         };
         with_connection!(self, conn => {
             let rows: Vec<MutexRow> = if self.is_mysql() {
@@ -742,36 +715,59 @@ impl LockStore for SqlStore {
     }
 
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool> {
+        let key = req.target.key();
         let params = [
             Param::Text(req.tenant_id),
-            Param::Text(req.semaphore_key.unwrap_or("")),
-            Param::Text(req.key),
+            Param::Text(req.target.semaphore().unwrap_or("")),
+            Param::Text(&key),
             Param::Text(req.version),
             Param::Text(req.in_doubt_version.unwrap_or(req.version)),
             Param::OptText(req.data),
         ];
         // Permit slots stay: they carry the slot's fencing token and are part of the semaphore.
-        let delete = if req.semaphore_key.is_some() {
-            Some(false)
-        } else {
-            req.delete
-        };
-        let release = match req.semaphore_key {
-            Some(_) => &self.sql.release_permit,
-            None => &self.sql.release_mutex,
+        let release = match (req.target, req.delete) {
+            (Target::Slot { .. }, _) => &self.sql.release_permit,
+            (Target::Mutex(_), true) => &self.sql.release_delete,
+            (Target::Mutex(_), false) => &self.sql.release_mutex,
         };
         with_connection!(self, conn => {
-            let changed = match delete {
-                Some(true) => execute!(conn, &self.sql.release_delete, &params),
-                Some(false) => execute!(conn, release, &params),
-                // Unknown flag: delete if the record asks for it, else mark free.
-                None => execute!(conn, &self.sql.release_delete_if_flagged, &params).and_then(|n| {
-                    if n > 0 { Ok(n) } else { execute!(conn, release, &params) }
-                }),
-            }
-            .map_err(|e| self.error(conn, e))?;
+            let changed = execute!(conn, release, &params).map_err(|e| self.error(conn, e))?;
             Ok(changed > 0)
         })
+    }
+}
+
+impl AdminStore for SqlStore {
+    fn migrate(&self) -> Result<()> {
+        fn run<C>(
+            conn: &mut C,
+            migrations: fn() -> EmbeddedMigrations,
+        ) -> std::result::Result<(), String>
+        where
+            C: MigrationHarness<C::Backend> + Connection,
+        {
+            // Several processes may start at once: if a race fails one of them, the
+            // migrations are done if nothing is pending any more.
+            match conn.run_pending_migrations(migrations()) {
+                Ok(_) => Ok(()),
+                Err(first) => match conn.has_pending_migration(migrations()) {
+                    Ok(false) => Ok(()),
+                    _ => conn
+                        .run_pending_migrations(migrations())
+                        .map(|_| ())
+                        .map_err(|_| first.to_string()),
+                },
+            }
+        }
+        let result = match &self.pool {
+            #[cfg(feature = "sqlite")]
+            SqlPool::Sqlite(pool) => run(&mut *self.checkout(pool)?, || SQLITE_MIGRATIONS),
+            #[cfg(feature = "postgres")]
+            SqlPool::Postgres(pool) => run(&mut *self.checkout(pool)?, || POSTGRES_MIGRATIONS),
+            #[cfg(feature = "mysql")]
+            SqlPool::Mysql(pool) => run(&mut *self.checkout(pool)?, || MYSQL_MIGRATIONS),
+        };
+        result.map_err(|e| LockError::Store(self.redactor.clean(format!("migration failed: {e}"))))
     }
 
     fn get_mutex(&self, tenant_id: &str, key: &str) -> Result<Option<MutexLock>> {
@@ -809,7 +805,7 @@ impl LockStore for SqlStore {
             Param::Text(key),
             Param::Text(&semaphore.version),
             Param::Int(semaphore.max_size),
-            Param::Int(semaphore.lease_duration_ms),
+            Param::Int(millis(semaphore.lease_duration)),
         ];
         with_connection!(self, conn => {
             in_transaction!(self, conn => {
@@ -825,7 +821,9 @@ impl LockStore for SqlStore {
                     })
                     .collect();
                 let plan = slots::resize(&snapshot, semaphore.max_size);
-                let new_keys: Vec<String> = plan.create.iter().map(|&i| slot_key(key, i)).collect();
+                // Slot indexes are below `max_size`, which validation bounds far below `u32::MAX`.
+                let new_keys: Vec<String> =
+                    plan.create.iter().map(|&i| slot_key(key, i as u32)).collect();
                 let changes = [
                     (None, &plan.drop),
                     (Some("retired = TRUE"), &plan.retire),
@@ -888,11 +886,12 @@ impl LockStore for SqlStore {
         })
     }
 
-    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Vec<MutexLock>> {
+    /// A semaphore always has at least one active slot: no slot, no semaphore.
+    fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Option<Vec<MutexLock>>> {
         let params = [Param::Text(tenant_id), Param::Text(key)];
         with_connection!(self, conn => {
             let rows: Vec<MutexRow> = load!(conn, &self.sql.semaphore_mutexes, &params).map_err(|e| self.error(conn, e))?;
-            Ok(rows.into_iter().map(MutexLock::from).collect())
+            Ok(Some(rows.into_iter().map(MutexLock::from).collect()).filter(|slots: &Vec<_>| !slots.is_empty()))
         })
     }
 

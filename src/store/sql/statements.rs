@@ -108,9 +108,9 @@ fn fill_placeholders(dialect: Dialect, template: &str) -> String {
 const COLS: &str = "tenant_id, semaphore_key, mutex_key, version, fencing_token, \
     lease_duration_ms, data, delete_on_release, locked, expires_at_ms";
 
-/// A permit's lease: the request's, or (0) the semaphore's.
+/// A permit's lease: the request's ($4), or (NULL) the semaphore's.
 const PERMIT_LEASE: &str =
-    "COALESCE(NULLIF($4, 0), (SELECT sem.lease_duration_ms FROM db_locks_semaphores sem \
+    "COALESCE($4, (SELECT sem.lease_duration_ms FROM db_locks_semaphores sem \
     WHERE sem.tenant_id = $1 AND sem.semaphore_key = $2))";
 
 /// Whether semaphore ($1, $2) has a retired slot that is still live: a range on the
@@ -127,7 +127,8 @@ pub(crate) struct Statements {
     /// Params: $1 tenant, $2 semaphore key (''), $3 key, $4 version, $5 lease ms, $6 data,
     /// $7 delete_on_release.
     pub(crate) acquire_mutex: Statement,
-    /// Params: $1 tenant, $2 semaphore key, $3 version, $4 lease ms (0: the semaphore's), $5 data.
+    /// Params: $1 tenant, $2 semaphore key, $3 version, $4 lease ms (NULL: the semaphore's),
+    /// $5 data.
     pub(crate) acquire_permit: Statement,
     /// Params as `acquire_permit`.
     pub(crate) regrant_permit: Statement,
@@ -135,7 +136,7 @@ pub(crate) struct Statements {
     /// if it has retired slots (live or not), else 0.
     pub(crate) semaphore_state: Statement,
     /// Params: $1 tenant, $2 semaphore key (''), $3 key, $4 version, $5 new version, $6 lease
-    /// ms, $7 data.
+    /// ms (NULL: keep the record's), $7 data.
     pub(crate) renew_mutex: Statement,
     /// As `renew_mutex`, for a permit slot ($2 its semaphore key).
     pub(crate) renew_permit: Statement,
@@ -152,8 +153,6 @@ pub(crate) struct Statements {
     pub(crate) release_permit: Statement,
     /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version, $5 in-doubt version.
     pub(crate) release_delete: Statement,
-    /// Params as `release_delete`.
-    pub(crate) release_delete_if_flagged: Statement,
     /// Params: $1 tenant, $2 key.
     pub(crate) get_mutex: Statement,
     /// Params: $1 tenant, $2 key, $3 version.
@@ -218,14 +217,13 @@ impl Statements {
             renew_mutex: r(&for_mutex(if mysql { RENEW_MYSQL } else { RENEW })),
             renew_permit: r(&for_slot(
                 if mysql { RENEW_MYSQL } else { RENEW },
-                "{now_ms} + $6",
+                "{now_ms} + COALESCE($6, lease_duration_ms)",
             )),
             select_by_key_version: r(SELECT_BY_KEY_VERSION),
             select_permit_by_version: r(SELECT_PERMIT_BY_VERSION),
             release_mutex: r(&for_mutex(RELEASE)),
             release_permit: r(&for_slot(RELEASE, "{now_ms}")),
             release_delete: r(RELEASE_DELETE),
-            release_delete_if_flagged: r(RELEASE_DELETE_IF_FLAGGED),
             get_mutex: r(GET_MUTEX),
             delete_mutex_with_version: r(DELETE_MUTEX_WITH_VERSION),
             delete_mutex_if_free: r(DELETE_MUTEX_IF_FREE),
@@ -504,8 +502,8 @@ WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND retired = TRU
 const RENEW: &str = "\
 UPDATE db_locks_mutexes SET
     version = $5,
-    lease_duration_ms = $6,
-    expires_at_ms = {now_ms} + $6{slot_expiry},
+    lease_duration_ms = COALESCE($6, lease_duration_ms),
+    expires_at_ms = {now_ms} + COALESCE($6, lease_duration_ms){slot_expiry},
     data = COALESCE($7, data),
     updated_at_ms = {now_ms}
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3
@@ -516,8 +514,8 @@ RETURNING {cols}";
 const RENEW_MYSQL: &str = "\
 UPDATE db_locks_mutexes SET
     version = $5,
-    lease_duration_ms = $6,
-    expires_at_ms = {now_ms} + $6{slot_expiry},
+    lease_duration_ms = COALESCE($6, lease_duration_ms),
+    expires_at_ms = {now_ms} + COALESCE($6, lease_duration_ms){slot_expiry},
     data = COALESCE($7, data),
     updated_at_ms = {now_ms}
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3
@@ -558,11 +556,6 @@ const RELEASE_DELETE: &str = "\
 DELETE FROM db_locks_mutexes
 WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version IN ($4, $5)
   AND locked = TRUE";
-
-const RELEASE_DELETE_IF_FLAGGED: &str = "\
-DELETE FROM db_locks_mutexes
-WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key = $3 AND version IN ($4, $5)
-  AND locked = TRUE AND delete_on_release = TRUE";
 
 const GET_MUTEX: &str = "\
 SELECT {cols} FROM db_locks_mutexes WHERE tenant_id = $1 AND semaphore_key = '' AND mutex_key = $2";

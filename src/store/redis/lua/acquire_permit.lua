@@ -1,5 +1,5 @@
 -- KEYS: 1 semaphore record, 2 holders, 3 free, 4 slots, 5 slot fencing counters.
--- ARGV: 1 version, 2 lease ms (0: the semaphore's), 3 '1' if ARGV[4] is new data,
+-- ARGV: 1 version, 2 lease ms ('': the semaphore's), 3 '1' if ARGV[4] is new data,
 --       5 '1' if an earlier attempt with this version may have been granted.
 -- Returns -1 when there is no such semaphore, false when every permit is busy.
 --
@@ -20,9 +20,9 @@ end
 local max_size = tonumber(sem[1])
 local now = now_ms()
 reap(KEYS[2], KEYS[3], KEYS[4], now, max_size)
-local lease = tonumber(ARGV[2])
-if lease <= 0 then
-  lease = tonumber(sem[2])
+local lease = tonumber(sem[2])
+if ARGV[2] ~= '' then
+  lease = tonumber(ARGV[2])
 end
 local expires = now + lease
 local i = nil
