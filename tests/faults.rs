@@ -584,6 +584,79 @@ fn run_over_a_stalled_server(b: Backend) {
     );
 }
 
+/// Round trips of one acquire, one renewal and one release, on a warm connection: the
+/// one-round-trip rule (MySQL reads a grant or renewal back: no `RETURNING`; DynamoDB sends
+/// an HTTP request's headers and body apart).
+fn round_trips_per_cycle(b: Backend) -> u64 {
+    match b {
+        Backend::Mysql => 5,
+        Backend::DynamoDb => 6,
+        _ => 3,
+    }
+}
+
+/// Counts what the client sends for acquire, renew and release cycles through the proxy: no
+/// probe per checkout, no read before a write.
+fn each_operation_is_one_round_trip(b: Backend) {
+    let proxy = FaultProxy::start(server_addr(b));
+    let tenant = unique("t-round-trips");
+    let key = unique("round-trips");
+    let m = proxied_manager(b, &proxy, &tenant);
+    let opts = AcquireLockOptionsBuilder::new(&key)
+        .with_lease_duration(Duration::from_secs(30))
+        .with_wait_duration(Duration::ZERO)
+        .build();
+    let cycle = || {
+        let lock = m.acquire_lock(&opts).unwrap();
+        let renew = db_locks::SendHeartbeatOptionsBuilder::new(&key, &lock.version).build();
+        let lock = m.send_heartbeat(&renew).unwrap();
+        m.release_lock(&lock.to_release_options()).unwrap();
+    };
+    cycle(); // statements prepared, connection warm
+    let cycles = 20;
+    let before = proxy.client_writes();
+    for _ in 0..cycles {
+        cycle();
+    }
+    let sent = proxy.client_writes() - before;
+    let expected = cycles * round_trips_per_cycle(b);
+    assert!(
+        sent <= expected + cycles / 4,
+        "{}: {sent} requests for {cycles} cycles of acquire, renew (keeping its lease) and \
+         release; expected {expected}",
+        b.name()
+    );
+}
+
+/// Every pooled connection dies at once (a server restart, a failover): the first request
+/// fails, the others find their connections suspect and probe them instead of failing one
+/// request per dead connection.
+fn a_reset_pool_fails_one_request_at_most(b: Backend) {
+    let proxy = FaultProxy::start(server_addr(b));
+    let tenant = unique("t-reset-pool");
+    let m = proxied_manager(b, &proxy, &tenant);
+    // Fill the pool: several threads at once each hold a connection.
+    thread::scope(|s| {
+        for i in 0..4 {
+            let m = &m;
+            s.spawn(move || {
+                for _ in 0..5 {
+                    m.get_mutex(&format!("fill-{i}")).unwrap();
+                }
+            });
+        }
+    });
+    proxy.reset();
+    let failures = (0..20)
+        .filter(|i| m.get_mutex(&format!("after-{i}")).is_err())
+        .count();
+    assert!(
+        failures <= 1,
+        "{}: {failures} of 20 requests failed after the connections were reset",
+        b.name()
+    );
+}
+
 macro_rules! store_tests {
     ($store:ident, $backend:expr, network: $network:tt) => {
         mod $store {
@@ -603,6 +676,14 @@ macro_rules! store_tests {
         #[test]
         fn cut_reset_and_slow_connections() {
             super::cut_reset_and_slow_connections($backend);
+        }
+        #[test]
+        fn each_operation_is_one_round_trip() {
+            super::each_operation_is_one_round_trip($backend);
+        }
+        #[test]
+        fn a_reset_pool_fails_one_request_at_most() {
+            super::a_reset_pool_fails_one_request_at_most($backend);
         }
         #[cfg(feature = "cli")]
         #[test]

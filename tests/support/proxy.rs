@@ -30,6 +30,8 @@ struct Shared {
     conns: Mutex<Vec<(TcpStream, TcpStream)>>,
     closed: AtomicBool,
     accepted: AtomicU64,
+    /// Chunks read from clients: on loopback, one per request a client sends.
+    client_writes: AtomicU64,
 }
 
 /// A running proxy; it stops (and drops every connection) when dropped.
@@ -49,6 +51,7 @@ impl FaultProxy {
             conns: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            client_writes: AtomicU64::new(0),
         });
         let accept_shared = shared.clone();
         std::thread::Builder::new()
@@ -72,8 +75,8 @@ impl FaultProxy {
                     if let (Ok(c3), Ok(s3)) = (client.try_clone(), server.try_clone()) {
                         accept_shared.conns.lock().push((c3, s3));
                     }
-                    pump(client, s2, accept_shared.clone());
-                    pump(server, c2, accept_shared.clone());
+                    pump(client, s2, accept_shared.clone(), true);
+                    pump(server, c2, accept_shared.clone(), false);
                 }
             })
             .unwrap();
@@ -96,6 +99,12 @@ impl FaultProxy {
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Chunks the clients have sent so far. On loopback a client's request (a statement with
+    /// its parameters, a Redis command) arrives in one chunk, so this counts round trips.
+    pub fn client_writes(&self) -> u64 {
+        self.shared.client_writes.load(Ordering::SeqCst)
     }
 
     /// Closes every open connection in both directions (the client reads end-of-file).
@@ -127,8 +136,9 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Forwards `from` to `to` on a thread of its own, as the proxy's mode says.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
+/// Forwards `from` to `to` on a thread of its own, as the proxy's mode says; `from_client`:
+/// counts what it reads in `client_writes`.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, from_client: bool) {
     let _ = std::thread::Builder::new()
         .name("fault-proxy-pump".into())
         .spawn(move || {
@@ -138,6 +148,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                if from_client {
+                    shared.client_writes.fetch_add(1, Ordering::SeqCst);
+                }
                 loop {
                     let mode = *shared.mode.lock();
                     match mode {

@@ -66,7 +66,7 @@
 //!   one tenant's keys would share one shard.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Script, Value};
 
@@ -141,13 +141,22 @@ type SlotsSnapshot = (
 struct Conn {
     inner: redis::Connection,
     broken: bool,
+    /// When it last went back to the pool.
+    returned_at: Instant,
 }
 
 /// Opens connections with the connect timeout, then sets the I/O timeouts on them.
+///
+/// No PING per checkout: every operation stays one round trip. A connection that failed
+/// mid-request is dropped when it comes back; its failure also makes every connection that was
+/// idle at that moment suspect, and each of those is PINGed once at its next checkout, so a
+/// server restart costs one failed request, not one per pooled connection.
 struct ConnectionManager {
     client: redis::Client,
     connect_timeout: Duration,
     io_timeout: Duration,
+    /// When a connection last failed mid-request.
+    lost_at: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
@@ -163,16 +172,33 @@ impl r2d2::ManageConnection for ConnectionManager {
         Ok(Conn {
             inner,
             broken: false,
+            returned_at: Instant::now(),
         })
     }
 
+    /// Runs on every checkout: a PING only for a connection made suspect by a failure since
+    /// it was returned.
     fn is_valid(&self, conn: &mut Conn) -> std::result::Result<(), redis::RedisError> {
-        redis::cmd("PING").query::<()>(&mut conn.inner)
+        let suspect = self
+            .lost_at
+            .lock()
+            .is_some_and(|lost| lost >= conn.returned_at);
+        if suspect {
+            redis::cmd("PING").query::<()>(&mut conn.inner)?;
+            conn.returned_at = Instant::now();
+        }
+        Ok(())
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
         use redis::ConnectionLike;
-        conn.broken || !conn.inner.is_open()
+        let now = Instant::now();
+        conn.returned_at = now;
+        let broken = conn.broken || !conn.inner.is_open();
+        if broken {
+            *self.lost_at.lock() = Some(now);
+        }
+        broken
     }
 }
 
@@ -432,6 +458,7 @@ impl RedisStore {
             client,
             connect_timeout: config.connect_timeout,
             io_timeout: config.io_timeout,
+            lost_at: parking_lot::Mutex::new(None),
         };
         // As the SQL pools: no connections opened on r2d2's background threads (min_idle 0),
         // where a short-lived program could exit in the middle of one; one checkout here
@@ -440,9 +467,6 @@ impl RedisStore {
             .max_size(config.pool_size)
             .min_idle(Some(0))
             .connection_timeout(config.connect_timeout)
-            // No PING per checkout: every operation stays one round trip. A connection that
-            // failed mid-request is marked broken and dropped instead.
-            .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
         pool.get().map_err(|e| {

@@ -5,16 +5,19 @@
 //! store was built for and runs the body with it. The SQL texts live in `statements.rs`.
 
 mod errors;
+mod pool;
 mod slots;
 mod statements;
 
 use std::time::Duration;
 
 use diesel::backend::Backend;
-use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+
+use self::pool::{Manager, OnConnection};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, HasSqlType, Nullable, Text, Untyped};
 use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
@@ -49,11 +52,11 @@ const SLOT_BATCH: usize = 500;
 
 enum SqlPool {
     #[cfg(feature = "sqlite")]
-    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Sqlite(Pool<Manager<SqliteConnection>>),
     #[cfg(feature = "postgres")]
-    Postgres(Pool<ConnectionManager<PgConnection>>),
+    Postgres(Pool<Manager<PgConnection>>),
     #[cfg(feature = "mysql")]
-    Mysql(Pool<ConnectionManager<MysqlConnection>>),
+    Mysql(Pool<Manager<MysqlConnection>>),
 }
 
 /// A lock store in a relational database, reached through diesel and an r2d2 pool.
@@ -79,19 +82,19 @@ macro_rules! with_connection {
             #[cfg(feature = "sqlite")]
             SqlPool::Sqlite(pool) => {
                 let mut pooled = $store.checkout(pool)?;
-                let $conn: &mut SqliteConnection = &mut pooled;
+                let $conn: &mut SqliteConnection = &mut pooled.conn;
                 $body
             }
             #[cfg(feature = "postgres")]
             SqlPool::Postgres(pool) => {
                 let mut pooled = $store.checkout(pool)?;
-                let $conn: &mut PgConnection = &mut pooled;
+                let $conn: &mut PgConnection = &mut pooled.conn;
                 $body
             }
             #[cfg(feature = "mysql")]
             SqlPool::Mysql(pool) => {
                 let mut pooled = $store.checkout(pool)?;
-                let $conn: &mut MysqlConnection = &mut pooled;
+                let $conn: &mut MysqlConnection = &mut pooled.conn;
                 $body
             }
         }
@@ -108,43 +111,73 @@ enum Param<'a> {
     Bool(bool),
 }
 
-/// `stmt` with `params` bound in the dialect's order, for the backend of `_conn`.
-fn query<'a, C>(
-    _conn: &C,
-    stmt: &Statement,
-    params: &[Param<'a>],
-) -> BoxedSqlQuery<'a, C::Backend, SqlQuery>
+/// A statement with its parameters, as a diesel query of any backend: the pieces of text with
+/// one bound value per parameter occurrence between them. A `cache` statement stays prepared
+/// on each connection (diesel caches it by its text); the others are prepared per run, as
+/// `sql_query` does.
+#[derive(Clone, Copy)]
+struct Prepared<'s, 'p> {
+    stmt: &'s Statement,
+    params: &'s [Param<'p>],
+}
+
+impl QueryId for Prepared<'_, '_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Prepared<'_, '_> {
+    type SqlType = Untyped;
+}
+
+impl<C> RunQueryDsl<C> for Prepared<'_, '_> {}
+
+impl<DB> QueryFragment<DB> for Prepared<'_, '_>
 where
-    C: Connection,
-    C::Backend: Backend + HasSqlType<Text> + HasSqlType<BigInt> + HasSqlType<Bool>,
-    str: ToSql<Text, C::Backend>,
-    i64: ToSql<BigInt, C::Backend>,
-    bool: ToSql<Bool, C::Backend>,
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt> + HasSqlType<Bool>,
+    str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
+    bool: ToSql<Bool, DB>,
 {
-    let mut q = diesel::sql_query(stmt.sql.as_str()).into_boxed::<C::Backend>();
-    for &i in &stmt.binds {
-        q = match params[i] {
-            Param::Text(v) => q.bind::<Text, _>(v),
-            Param::OptText(v) => q.bind::<Nullable<Text>, _>(v),
-            Param::OptInt(v) => q.bind::<Nullable<BigInt>, _>(v),
-            Param::Int(v) => q.bind::<BigInt, _>(v),
-            Param::Bool(v) => q.bind::<Bool, _>(v),
-        };
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        if !self.stmt.cache {
+            out.unsafe_to_cache_prepared();
+        }
+        let pieces = &self.stmt.pieces;
+        for (piece, &i) in pieces.iter().zip(&self.stmt.occurrences) {
+            out.push_sql(piece);
+            match &self.params[i] {
+                Param::Text(v) => out.push_bind_param::<Text, _>(*v)?,
+                Param::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Param::Int(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Param::OptInt(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Param::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
+            }
+        }
+        out.push_sql(pieces.last().map_or("", String::as_str));
+        Ok(())
     }
-    q
 }
 
 /// Loads rows of `$row` from `$stmt` with `$params`.
 macro_rules! load {
     ($conn:expr, $stmt:expr, $params:expr) => {
-        query(&*$conn, $stmt, $params).load($conn)
+        Prepared {
+            stmt: $stmt,
+            params: $params,
+        }
+        .load($conn)
     };
 }
 
 /// Executes `$stmt` with `$params`, returning the number of rows it changed.
 macro_rules! execute {
     ($conn:expr, $stmt:expr, $params:expr) => {
-        query(&*$conn, $stmt, $params).execute($conn)
+        Prepared {
+            stmt: $stmt,
+            params: $params,
+        }
+        .execute($conn)
     };
 }
 
@@ -161,8 +194,17 @@ macro_rules! in_transaction {
                 }
                 outcome
             })
-            .map_err(|e| classify(&e, detail, &$store.redactor))
+            .map_err(|e| suspect_if_retryable(classify(&e, detail, &$store.redactor)))
     }};
+}
+
+/// An error that may mean the store is unreachable also means the connection it came on may
+/// be broken: it is not given to anyone else (see `pool`).
+fn suspect_if_retryable(e: LockError) -> LockError {
+    if e.is_retryable() {
+        pool::discard_current();
+    }
+    e
 }
 
 #[derive(QueryableByName)]
@@ -396,7 +438,7 @@ impl SqlStore {
         setup: Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>,
         redactor: &Redactor,
         max_size: u32,
-    ) -> Result<Pool<ConnectionManager<C>>>
+    ) -> Result<Pool<Manager<C>>>
     where
         C: diesel::r2d2::R2D2Connection + 'static,
     {
@@ -404,13 +446,14 @@ impl SqlStore {
         // its own threads, which can still be inside the client library when a short-lived
         // program exits (seen as crashes in libpq/OpenSSL's exit handlers). One checkout here
         // instead, so an unreachable database fails now, clearly.
+        // Checkouts probe a connection only when an error made it suspect (see `pool`).
         let pool = Pool::builder()
             .max_size(max_size)
             .min_idle(Some(0))
             .connection_timeout(config.connect_timeout)
-            .connection_customizer(setup)
+            .connection_customizer(Box::new(OnConnection(setup)))
             .error_handler(Box::new(diesel::r2d2::NopErrorHandler))
-            .build_unchecked(manager);
+            .build_unchecked(Manager::new(manager));
         pool.get().map_err(|e| {
             LockError::Unavailable(redactor.clean(format!("cannot connect to the database: {e}")))
         })?;
@@ -578,14 +621,16 @@ impl SqlStore {
         &self,
         pool: &Pool<M>,
     ) -> Result<PooledConnection<M>> {
-        pool.get().map_err(|e| {
+        let pooled = pool.get().map_err(|e| {
             LockError::Unavailable(self.redactor.clean(format!("no database connection: {e}")))
-        })
+        })?;
+        pool::checked_out();
+        Ok(pooled)
     }
 
     /// Classifies an error of a statement just run on `conn`.
     fn error<C: LastError>(&self, conn: &mut C, e: diesel::result::Error) -> LockError {
-        classify(&e, conn.last_error(), &self.redactor)
+        suspect_if_retryable(classify(&e, conn.last_error(), &self.redactor))
     }
 
     fn is_mysql(&self) -> bool {
@@ -761,11 +806,11 @@ impl AdminStore for SqlStore {
         }
         let result = match &self.pool {
             #[cfg(feature = "sqlite")]
-            SqlPool::Sqlite(pool) => run(&mut *self.checkout(pool)?, || SQLITE_MIGRATIONS),
+            SqlPool::Sqlite(pool) => run(&mut self.checkout(pool)?.conn, || SQLITE_MIGRATIONS),
             #[cfg(feature = "postgres")]
-            SqlPool::Postgres(pool) => run(&mut *self.checkout(pool)?, || POSTGRES_MIGRATIONS),
+            SqlPool::Postgres(pool) => run(&mut self.checkout(pool)?.conn, || POSTGRES_MIGRATIONS),
             #[cfg(feature = "mysql")]
-            SqlPool::Mysql(pool) => run(&mut *self.checkout(pool)?, || MYSQL_MIGRATIONS),
+            SqlPool::Mysql(pool) => run(&mut self.checkout(pool)?.conn, || MYSQL_MIGRATIONS),
         };
         result.map_err(|e| LockError::Store(self.redactor.clean(format!("migration failed: {e}"))))
     }

@@ -2,9 +2,10 @@
 //!
 //! Texts are written with PostgreSQL's numbered parameters (`$1`, `$2`, ...) and a few
 //! `{placeholders}` for what the dialects spell differently. [`Statement::render`] turns a text
-//! into the dialect's own form once, when the store is built, so that one list of parameters
-//! serves every dialect: SQLite takes `?N` (numbered, reusable), MySQL takes `?` (positional),
-//! and the parameters are bound in the order the dialect reads them.
+//! into the dialect's own form once, when the store is built: the pieces of text between
+//! parameters, and for each occurrence of a parameter its index in the one parameter list
+//! every dialect shares. diesel writes its own placeholder between the pieces (`$1`, `$2`, ...
+//! in order on PostgreSQL, `?` on SQLite and MySQL) and binds one value per occurrence.
 //!
 //! Every statement names the invariant it keeps. The ones that decide who holds a lock are a
 //! single conditional write, so two writers can never both see the lock as theirs.
@@ -22,9 +23,17 @@ pub(crate) enum Dialect {
 /// A statement in its dialect's text, with the order in which the parameters are bound.
 #[derive(Debug, Clone)]
 pub(crate) struct Statement {
+    /// The text as the server sees it (shown by `Debug`).
+    #[allow(dead_code)]
     pub(crate) sql: String,
-    /// Indexes into the parameter list, in binding order.
-    pub(crate) binds: Vec<usize>,
+    /// The text around the parameters, one more piece than there are parameter occurrences:
+    /// diesel writes its own placeholder between two pieces (see `sql::Prepared`).
+    pub(crate) pieces: Vec<String>,
+    /// The parameter index of each occurrence, in text order.
+    pub(crate) occurrences: Vec<usize>,
+    /// Keep it prepared on each connection (MySQL: otherwise every run prepares, executes and
+    /// closes the statement, two round trips). Off for texts built per call (slot batches).
+    pub(crate) cache: bool,
 }
 
 impl Statement {
@@ -32,7 +41,8 @@ impl Statement {
     pub(crate) fn render(dialect: Dialect, template: &str) -> Statement {
         let text = fill_placeholders(dialect, template);
         let mut sql = String::with_capacity(text.len());
-        let mut numbers = Vec::new();
+        let mut numbers: Vec<usize> = Vec::new();
+        let mut pieces = vec![String::new()];
         let mut chars = text.chars().peekable();
         while let Some(c) = chars.next() {
             if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
@@ -42,24 +52,22 @@ impl Statement {
                     chars.next();
                 }
                 numbers.push(n);
+                pieces.push(String::new());
                 match dialect {
-                    Dialect::Postgres => sql.push_str(&format!("${n}")),
-                    Dialect::Sqlite => sql.push_str(&format!("?{n}")),
-                    Dialect::Mysql => sql.push('?'),
+                    Dialect::Postgres => sql.push_str(&format!("${}", numbers.len())),
+                    Dialect::Sqlite | Dialect::Mysql => sql.push('?'),
                 }
             } else {
                 sql.push(c);
+                pieces.last_mut().expect("one piece at least").push(c);
             }
         }
-        let binds = match dialect {
-            // Numbered dialects bind $1..$max once each.
-            Dialect::Postgres | Dialect::Sqlite => {
-                (0..numbers.iter().copied().max().unwrap_or(0)).collect()
-            }
-            // Positional: one bind per occurrence.
-            Dialect::Mysql => numbers.iter().map(|n| n - 1).collect(),
-        };
-        Statement { sql, binds }
+        Statement {
+            sql,
+            pieces,
+            occurrences: numbers.iter().map(|n| n - 1).collect(),
+            cache: dialect == Dialect::Mysql,
+        }
     }
 }
 
@@ -253,6 +261,12 @@ impl Statements {
     /// Inserts free slots with the given indexes (keys `<semaphore>_<index>`, which must not
     /// exist). Params: $1 tenant, $2 semaphore key, then one key per slot.
     pub(crate) fn insert_slots(&self, indexes: &[i64]) -> Statement {
+        let mut stmt = self.insert_slots_text(indexes);
+        stmt.cache = false;
+        stmt
+    }
+
+    fn insert_slots_text(&self, indexes: &[i64]) -> Statement {
         let rows: Vec<String> = indexes
             .iter()
             .enumerate()
@@ -278,6 +292,12 @@ impl Statements {
     /// `retired = FALSE`, or `DELETE` when `set` is `None`. Params: $1 tenant, $2 semaphore key,
     /// then the keys.
     pub(crate) fn slots_by_key(&self, set: Option<&str>, count: usize) -> Statement {
+        let mut stmt = self.slots_by_key_text(set, count);
+        stmt.cache = false;
+        stmt
+    }
+
+    fn slots_by_key_text(&self, set: Option<&str>, count: usize) -> Statement {
         let keys: Vec<String> = (0..count).map(|i| format!("${}", i + 3)).collect();
         let filter = format!(
             "WHERE tenant_id = $1 AND semaphore_key = $2 AND mutex_key IN ({})",
@@ -612,14 +632,18 @@ mod tests {
     fn renders_parameters_per_dialect() {
         let t = "SELECT $1, $2, $1 FROM t WHERE x = {now_ms}";
         let pg = Statement::render(Dialect::Postgres, t);
-        assert_eq!(pg.binds, vec![0, 1]);
-        assert!(pg.sql.starts_with("SELECT $1, $2, $1"));
+        assert!(pg.sql.starts_with("SELECT $1, $2, $3"));
+        assert_eq!(pg.occurrences, vec![0, 1, 0]);
+        assert_eq!(&pg.pieces[..3], ["SELECT ", ", ", ", "]);
+        assert!(pg.pieces[3].starts_with(" FROM t WHERE x = CAST(EXTRACT"));
+        assert!(!pg.cache);
         let lite = Statement::render(Dialect::Sqlite, t);
-        assert!(lite.sql.starts_with("SELECT ?1, ?2, ?1"));
-        assert_eq!(lite.binds, vec![0, 1]);
+        assert!(lite.sql.starts_with("SELECT ?, ?, ?"));
+        assert_eq!(lite.occurrences, vec![0, 1, 0]);
         let my = Statement::render(Dialect::Mysql, t);
         assert!(my.sql.starts_with("SELECT ?, ?, ?"));
-        assert_eq!(my.binds, vec![0, 1, 0]);
+        assert_eq!(my.occurrences, vec![0, 1, 0]);
         assert!(my.sql.contains("UNIX_TIMESTAMP"));
+        assert!(my.cache);
     }
 }
