@@ -149,7 +149,14 @@ impl LeaseGuard {
             });
         };
         self.shared.metrics.guard_ended();
-        heartbeat.finish(finish, self.shared.config.io_timeout + FINISH_SLACK)
+        let released = matches!(finish, Finish::Release);
+        let finished = heartbeat.finish(finish, self.shared.config.io_timeout + FINISH_SLACK);
+        if released && finished.is_ok() {
+            let id = &self.state.id;
+            self.shared
+                .released(&id.tenant_id, &id.key, id.semaphore_key.as_deref());
+        }
+        finished
     }
 }
 

@@ -16,6 +16,7 @@ mod options;
 mod shared;
 pub mod store;
 mod validate;
+mod wakeups;
 
 /// The prometheus crate, for a `Registry` of the version the metrics use.
 pub use prometheus;

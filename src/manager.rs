@@ -102,6 +102,8 @@ impl LockManager {
                 config: config.clone(),
                 metrics,
                 registry: registry.clone(),
+                wakeups: Default::default(),
+                watching: std::sync::Once::new(),
             }),
         })
     }
@@ -209,6 +211,8 @@ impl LockManager {
         });
         self.count("release", released.as_ref().ok().copied());
         if released? {
+            self.shared
+                .released(self.tenant_id(), &opts.key, opts.semaphore_key.as_deref());
             Ok(())
         } else {
             Err(LockError::NotHeld {
@@ -233,6 +237,7 @@ impl LockManager {
             validate_version(v)?;
         }
         if self.store().delete_mutex(self.tenant_id(), key, version)? {
+            self.shared.released(self.tenant_id(), key, None);
             return Ok(true);
         }
         match (version, self.get_mutex(key)?) {
@@ -262,7 +267,12 @@ impl LockManager {
             busy_count: 0,
             ..semaphore.clone()
         };
-        self.store().put_semaphore(&record)
+        let stored = self.store().put_semaphore(&record)?;
+        // More permits may be free now.
+        self.shared
+            .wakeups
+            .released_all(self.tenant_id(), &record.semaphore_key);
+        Ok(stored)
     }
 
     /// Reads a semaphore with its live busy count. `Ok(None)`: no such semaphore.
@@ -275,7 +285,10 @@ impl LockManager {
     /// `Ok(false)`: there is no such semaphore.
     pub fn delete_semaphore(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
-        self.store().delete_semaphore(self.tenant_id(), key)
+        let deleted = self.store().delete_semaphore(self.tenant_id(), key)?;
+        // Its waiters learn that it is gone at their next attempt.
+        self.shared.wakeups.released_all(self.tenant_id(), key);
+        Ok(deleted)
     }
 
     /// The permit slots of a semaphore, with their holders and expiry. `Err(NotFound)`: there
@@ -485,7 +498,8 @@ impl LockManager {
     }
 
     /// The wait loop, written once for every store: attempts until granted or the wait is
-    /// over (`Ok(None)`), sleeping with capped exponential backoff and full jitter in between.
+    /// over (`Ok(None)`). In between it sleeps until a release hint (`wakeups`) or the poll
+    /// interval, capped exponential backoff with full jitter, whichever comes first.
     /// `wait` `None`: the default wait (the lease; a permit without a lease: its semaphore's).
     ///
     /// Invariants:
@@ -505,6 +519,12 @@ impl LockManager {
             (None, true, None) => None,
         };
         let mut backoff = Backoff::new(self.shared.config.retry_base, self.shared.config.retry_max);
+        // Taken before the first attempt, so a release right after its busy answer wakes us.
+        let may_wait = wait != Some(Duration::ZERO);
+        let ticket = may_wait.then(|| {
+            self.shared.watch_releases();
+            self.shared.wakeups.ticket(self.tenant_id(), wanted.key)
+        });
         let version = new_version();
         let mut in_doubt = false;
         let mut settling_try_used = false;
@@ -536,7 +556,14 @@ impl LockManager {
             let now = Instant::now();
             let pause = backoff.next_delay();
             if now < deadline {
-                std::thread::sleep(pause.min(deadline - now));
+                // Until a release hint, the poll interval, or the end of the wait.
+                let nap = pause.min(deadline - now);
+                match &ticket {
+                    Some(ticket) => {
+                        ticket.wait(nap);
+                    }
+                    None => std::thread::sleep(nap),
+                }
                 continue;
             }
             match failed {

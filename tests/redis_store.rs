@@ -78,6 +78,11 @@ fn store_with_prefix(prefix: &str) -> Arc<dyn LockStore> {
 }
 
 #[test]
+fn a_release_wakes_a_waiter_of_another_process() {
+    support::a_release_wakes_a_waiter_of_another_process(B);
+}
+
+#[test]
 fn sub_second_lease_expires_on_time() {
     let store = B.store();
     let (tenant, key) = ("t-redis-subsecond", unique("subsecond"));

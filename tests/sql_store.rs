@@ -2,6 +2,8 @@
 //! to the database: to hold a row lock across an operation, to end the store's connections,
 //! or to lay down a database as an earlier version left it. They talk to the servers at
 //! `DB_LOCKS_TEST_POSTGRES_URL` and `DB_LOCKS_TEST_MYSQL_URL` and fail if those are not running.
+// Most of the helpers serve the PostgreSQL and MySQL modules only.
+#![cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(unused_imports, dead_code))]
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 #[path = "support/mod.rs"]
@@ -131,6 +133,11 @@ mod postgres {
     use super::*;
     use diesel::connection::SimpleConnection;
     use diesel::{Connection, PgConnection};
+
+    #[test]
+    fn a_release_wakes_a_waiter_of_another_process() {
+        support::a_release_wakes_a_waiter_of_another_process(Backend::Postgres);
+    }
 
     fn raw() -> PgConnection {
         let url = Backend::Postgres.config("raw").database_url.unwrap();

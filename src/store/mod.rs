@@ -149,6 +149,38 @@ pub struct ReleaseRequest<'a> {
     pub delete: bool,
 }
 
+/// Where a store delivers release notices of other processes: `(tenant, key)`, the key being
+/// the mutex key or, for a permit, the semaphore key.
+pub type ReleaseSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// The sinks of one store's release notices, and the notices' format: `tenant \x1f key`
+/// (validation keeps control characters out of tenants and keys).
+#[derive(Clone, Default)]
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+pub(crate) struct ReleaseSinks(Arc<parking_lot::Mutex<Vec<ReleaseSink>>>);
+
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+impl ReleaseSinks {
+    pub(crate) fn add(&self, sink: ReleaseSink) {
+        self.0.lock().push(sink);
+    }
+
+    /// Hands a notice, as it came from the store, to every sink.
+    pub(crate) fn deliver(&self, payload: &str) {
+        if let Some((tenant, key)) = payload.split_once('\u{1f}') {
+            for sink in self.0.lock().iter() {
+                sink(tenant, key);
+            }
+        }
+    }
+
+    /// The notice of a release of `key` (a mutex key, or a permit's semaphore key).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn payload(tenant: &str, key: &str) -> String {
+        format!("{tenant}\u{1f}{key}")
+    }
+}
+
 /// The lease operations. Each is one conditional step: it either happens entirely or not at
 /// all, and a refusal changes nothing.
 pub trait LeaseStore: Send + Sync + Debug + 'static {
@@ -186,6 +218,16 @@ pub trait LeaseStore: Send + Sync + Debug + 'static {
     /// released too. `Ok(false)`: it was not held so.
     /// Requests: 1. Blocks: the I/O timeout.
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool>;
+
+    /// Starts delivering notices of releases made through this store by anyone (other
+    /// processes included) to `sink`, on a thread and connection of the store's own, if the
+    /// store can push them; `false` if it cannot (waiters then poll). A notice is a hint: it
+    /// may be late, lost or duplicated. Called when a waiter first waits; later calls add
+    /// sinks. Requests: none on the caller's thread. Default: no push.
+    fn watch_releases(&self, sink: ReleaseSink) -> bool {
+        let _ = sink;
+        false
+    }
 }
 
 /// Schema, reads, deletes and semaphores.

@@ -80,6 +80,84 @@ pub fn exclusion_across_threads(b: Backend) {
     assert_eq!(counter.load(Ordering::SeqCst), 48, "lost updates");
 }
 
+/// A manager whose poll interval is far longer than the test: only the release hint can get
+/// its waiter the lock in time.
+fn sleepy_manager(b: Backend, tenant: &str) -> db_locks::LockManager {
+    b.manager_with(tenant, b.store(), |c| {
+        c.retry_base = Duration::from_secs(60);
+        c.retry_max = Duration::from_secs(60);
+    })
+}
+
+/// Releasing (through a guard, and through the record API) wakes a thread of the same
+/// manager that waits for the mutex, instead of leaving it to its next poll.
+pub fn a_release_wakes_a_waiter_of_the_same_manager(b: Backend) {
+    let key = unique("wake");
+    let m = sleepy_manager(b, "t-wake");
+    // Four rounds: a poll could land in time by chance (its jitter), four in a row cannot.
+    for through_guard in [true, false, true, false] {
+        let (guard, record) = if through_guard {
+            (
+                Some(m.try_lock(&key, &lease(10_000)).unwrap().expect("free")),
+                None,
+            )
+        } else {
+            (None, Some(m.acquire_lock(&opts(&key, 10_000, 0)).unwrap()))
+        };
+        let waiter = {
+            let (m, key) = (m.clone(), key.clone());
+            thread::spawn(move || {
+                let started = Instant::now();
+                let granted = m.try_lock_for(&key, ms(40_000), &lease(10_000)).unwrap();
+                (granted.is_some(), started.elapsed())
+            })
+        };
+        // Long enough for its first attempt to find the mutex busy (it then sleeps).
+        thread::sleep(ms(500));
+        match (guard, record) {
+            (Some(guard), _) => guard.release().unwrap(),
+            (_, Some(record)) => m.release_lock(&record.to_release_options()).unwrap(),
+            _ => unreachable!(),
+        }
+        let (granted, waited) = waiter.join().unwrap();
+        assert!(granted, "not granted within the wait");
+        assert!(
+            waited < Duration::from_secs(20),
+            "waited {waited:?}: the release did not wake the waiter (guard: {through_guard})"
+        );
+    }
+}
+
+/// The same for a permit of a full semaphore.
+pub fn a_released_permit_wakes_a_waiter_of_the_same_manager(b: Backend) {
+    let key = unique("wake-sem");
+    let m = sleepy_manager(b, "t-wake-sem");
+    m.create_semaphore(&SemaphoreBuilder::new(&key, 1).build())
+        .unwrap();
+    let permit = m
+        .try_acquire_permit(&key, &permit_lease(10_000))
+        .unwrap()
+        .expect("free");
+    let waiter = {
+        let (m, key) = (m.clone(), key.clone());
+        thread::spawn(move || {
+            let started = Instant::now();
+            let granted = m
+                .try_acquire_permit_for(&key, ms(40_000), &permit_lease(10_000))
+                .unwrap();
+            (granted.is_some(), started.elapsed())
+        })
+    };
+    thread::sleep(ms(500));
+    permit.release().unwrap();
+    let (granted, waited) = waiter.join().unwrap();
+    assert!(granted, "not granted within the wait");
+    assert!(
+        waited < Duration::from_secs(20),
+        "waited {waited:?}: the release did not wake the waiter"
+    );
+}
+
 pub fn busy_then_not_granted_after_wait(b: Backend) {
     let key = unique("busy");
     let m = b.manager("t-busy");

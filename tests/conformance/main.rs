@@ -30,6 +30,8 @@ macro_rules! with_all_cases {
             $backend,
             [
                 cases::exclusion_across_threads,
+                cases::a_release_wakes_a_waiter_of_the_same_manager,
+                cases::a_released_permit_wakes_a_waiter_of_the_same_manager,
                 cases::busy_then_not_granted_after_wait,
                 cases::zero_wait_tries_once,
                 cases::stale_versions_are_rejected,

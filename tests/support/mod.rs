@@ -497,3 +497,70 @@ pub fn covered_backends() -> Vec<Backend> {
     }
     v
 }
+
+/// A release in one process wakes a waiter of another at once, on a store that pushes release
+/// notices (PostgreSQL, Redis). The two managers are connected separately, so they share
+/// nothing but the server, as two processes would; the waiter's poll interval is a minute, so
+/// only the notice can get it the lock in time. Mutexes and permits alike.
+pub fn a_release_wakes_a_waiter_of_another_process(b: Backend) {
+    let tenant = unique("t-notify");
+    let holder = LockManager::connect(&b.config(&tenant)).unwrap();
+    let mut sleepy = b.config(&tenant);
+    sleepy.retry_base = Duration::from_secs(60);
+    sleepy.retry_max = Duration::from_secs(60);
+    let waiter = LockManager::connect(&sleepy).unwrap();
+    let sem = unique("notify-sem");
+    holder
+        .create_semaphore(&db_locks::SemaphoreBuilder::new(&sem, 1).build())
+        .unwrap();
+    // Four rounds each: a poll could land in time by chance (its jitter), four cannot.
+    for permit in [false, true, false, true, false, true, false, true] {
+        let key = if permit {
+            sem.clone()
+        } else {
+            unique("notify")
+        };
+        let held: db_locks::LeaseGuard = if permit {
+            holder
+                .try_acquire_permit(&key, &permit_lease(10_000))
+                .unwrap()
+                .expect("free")
+                .into()
+        } else {
+            holder
+                .try_lock(&key, &lease(10_000))
+                .unwrap()
+                .expect("free")
+                .into()
+        };
+        let waiting = {
+            let (waiter, key) = (waiter.clone(), key.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let granted = if permit {
+                    waiter
+                        .try_acquire_permit_for(&key, ms(40_000), &permit_lease(10_000))
+                        .unwrap()
+                        .map(db_locks::LeaseGuard::from)
+                } else {
+                    waiter
+                        .try_lock_for(&key, ms(40_000), &lease(10_000))
+                        .unwrap()
+                        .map(db_locks::LeaseGuard::from)
+                };
+                (granted, started.elapsed())
+            })
+        };
+        // Long enough for the first attempt to find it busy and for the listener to start.
+        std::thread::sleep(ms(700));
+        held.release().unwrap();
+        let (granted, waited) = waiting.join().unwrap();
+        assert!(granted.is_some(), "{}: not granted", b.name());
+        assert!(
+            waited < Duration::from_secs(20),
+            "{}: waited {waited:?}: the release did not wake the other process's waiter \
+             (permit: {permit})",
+            b.name()
+        );
+    }
+}

@@ -65,13 +65,16 @@
 //!   keys of each script in one slot, so the layout would also fit a cluster; there, all of
 //!   one tenant's keys would share one shard.
 
+mod listener;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use redis::{Script, Value};
 
 use super::{
-    AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, RenewRequest, Target,
+    AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, ReleaseSink, ReleaseSinks,
+    RenewRequest, Target,
 };
 use crate::config::LocksConfig;
 use crate::error::{LockError, Redactor, Result};
@@ -206,6 +209,8 @@ impl r2d2::ManageConnection for ConnectionManager {
 #[derive(Debug, Clone)]
 struct KeySpace {
     prefix: String,
+    /// The channel every release publishes a notice on: `P:released`.
+    released: String,
 }
 
 /// `s` with `%`, `:`, `{` and `}` percent-encoded.
@@ -241,8 +246,10 @@ struct SemaphoreKeys {
 
 impl KeySpace {
     fn new(prefix: &str) -> KeySpace {
+        let prefix = prefix.replace('{', "%7B").replace('}', "%7D");
         KeySpace {
-            prefix: prefix.replace('{', "%7B").replace('}', "%7D"),
+            released: format!("{prefix}:released"),
+            prefix,
         }
     }
 
@@ -433,6 +440,8 @@ pub struct RedisStore {
     scripts: Scripts,
     redactor: Redactor,
     url: String,
+    /// The subscriber that hands release notices to waiters.
+    listener: listener::Listener,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -454,6 +463,9 @@ impl RedisStore {
         let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| {
             LockError::Config(redactor.clean(format!("invalid Redis URL `{url}`: {e}")))
         })?;
+        let keys = KeySpace::new(&config.redis_key_prefix);
+        let listener =
+            listener::Listener::new(client.clone(), &keys.released, config.connect_timeout);
         let manager = ConnectionManager {
             client,
             connect_timeout: config.connect_timeout,
@@ -474,10 +486,11 @@ impl RedisStore {
         })?;
         let store = RedisStore {
             pool,
-            keys: KeySpace::new(&config.redis_key_prefix),
+            keys,
             scripts: Scripts::new(),
             redactor,
             url,
+            listener,
         };
         if config.run_migrations {
             store.migrate()?;
@@ -686,6 +699,8 @@ impl LeaseStore for RedisStore {
                         .arg(has_data)
                         .arg(data)
                         .arg(in_doubt)
+                        .arg(&self.keys.released)
+                        .arg(ReleaseSinks::payload(req.tenant_id, key))
                         .invoke(c)
                 })?
             }
@@ -704,11 +719,17 @@ impl LeaseStore for RedisStore {
                         .arg(has_data)
                         .arg(data)
                         .arg(in_doubt)
+                        .arg(&self.keys.released)
+                        .arg(ReleaseSinks::payload(req.tenant_id, semaphore))
                         .invoke(c)
                 })?
             }
         };
         Ok(released == 1)
+    }
+
+    fn watch_releases(&self, sink: ReleaseSink) -> bool {
+        self.listener.watch(sink)
     }
 }
 

@@ -16,8 +16,8 @@ use crate::error::{LockError, Redactor};
 
 /// What the store learnt about an error beyond diesel's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-// SQLite alone never learns more than `Unknown`.
-#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+// Only MySQL learns error numbers; SQLite alone never learns more than `Unknown`.
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
 pub(crate) enum Detail {
     /// The server's error number (MySQL).
     Code(u32),

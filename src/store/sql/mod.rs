@@ -5,6 +5,8 @@
 //! store was built for and runs the body with it. The SQL texts live in `statements.rs`.
 
 mod errors;
+#[cfg(feature = "postgres")]
+mod listener;
 mod pool;
 mod slots;
 mod statements;
@@ -65,6 +67,9 @@ pub struct SqlStore {
     sql: Statements,
     redactor: Redactor,
     name: &'static str,
+    /// PostgreSQL: the LISTEN connection that hands release notices to waiters.
+    #[cfg(feature = "postgres")]
+    listener: Option<listener::Listener>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -508,6 +513,8 @@ impl SqlStore {
             sql: Statements::new(Dialect::Sqlite),
             redactor,
             name: "sqlite",
+            #[cfg(feature = "postgres")]
+            listener: None,
         })
     }
 
@@ -525,6 +532,7 @@ impl SqlStore {
         redactor: Redactor,
         io_timeout: Duration,
     ) -> Result<SqlStore> {
+        let listener = listener::Listener::new(url, config.connect_timeout);
         // libpq's own timeouts: connecting, and a dead peer during a request.
         let mut url = url.to_owned();
         let sep = |u: &str| if u.contains('?') { '&' } else { '?' };
@@ -567,6 +575,7 @@ impl SqlStore {
             sql: Statements::new(Dialect::Postgres),
             redactor,
             name: "postgres",
+            listener: Some(listener),
         })
     }
 
@@ -607,6 +616,8 @@ impl SqlStore {
             sql: Statements::new(Dialect::Mysql),
             redactor,
             name: "mysql",
+            #[cfg(feature = "postgres")]
+            listener: None,
         })
     }
 
@@ -779,6 +790,15 @@ impl LeaseStore for SqlStore {
             let changed = execute!(conn, release, &params).map_err(|e| self.error(conn, e))?;
             Ok(changed > 0)
         })
+    }
+
+    fn watch_releases(&self, sink: crate::store::ReleaseSink) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some(listener) = &self.listener {
+            return listener.watch(sink);
+        }
+        let _ = sink;
+        false
     }
 }
 

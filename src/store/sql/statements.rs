@@ -10,6 +10,23 @@
 //! Every statement names the invariant it keeps. The ones that decide who holds a lock are a
 //! single conditional write, so two writers can never both see the lock as theirs.
 
+/// The PostgreSQL channel that every release notifies (see `listener.rs`).
+pub(crate) const RELEASE_CHANNEL: &str = "db_locks_released";
+
+/// On PostgreSQL, `text` (an `UPDATE` or `DELETE` that releases a lease) also notifies
+/// [`RELEASE_CHANNEL`] with `tenant \x1f key` when it releases something: the waiters of
+/// other processes wake at once. `key` is the parameter naming what they wait for. The
+/// notice is sent when the statement commits, by the same round trip.
+fn notify_release(dialect: Dialect, text: &str, key: &str) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            "WITH released AS ({text}\nRETURNING 1)\n\
+             SELECT pg_notify('{RELEASE_CHANNEL}', $1 || chr(31) || {key}) FROM released"
+        ),
+        Dialect::Sqlite | Dialect::Mysql => text.to_owned(),
+    }
+}
+
 /// SQL dialect of a diesel store.
 // Only the dialects whose features are on are ever built.
 #[allow(dead_code)]
@@ -229,9 +246,13 @@ impl Statements {
             )),
             select_by_key_version: r(SELECT_BY_KEY_VERSION),
             select_permit_by_version: r(SELECT_PERMIT_BY_VERSION),
-            release_mutex: r(&for_mutex(RELEASE)),
-            release_permit: r(&for_slot(RELEASE, "{now_ms}")),
-            release_delete: r(RELEASE_DELETE),
+            release_mutex: r(&notify_release(dialect, &for_mutex(RELEASE), "$3")),
+            release_permit: r(&notify_release(
+                dialect,
+                &for_slot(RELEASE, "{now_ms}"),
+                "$2",
+            )),
+            release_delete: r(&notify_release(dialect, RELEASE_DELETE, "$3")),
             get_mutex: r(GET_MUTEX),
             delete_mutex_with_version: r(DELETE_MUTEX_WITH_VERSION),
             delete_mutex_if_free: r(DELETE_MUTEX_IF_FREE),

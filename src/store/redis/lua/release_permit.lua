@@ -1,6 +1,6 @@
 -- KEYS: 1 semaphore record, 2 holders, 3 free, 4 slots.
 -- ARGV: 1 slot index, 2 version, 3 '1' if ARGV[4] is new data, 5 the new version of a renewal
---       in doubt (or ARGV[2]).
+--       in doubt (or ARGV[2]), 6 the release channel, 7 the release notice.
 --
 -- Invariant: only the current holder releases (compare-and-set on the version, or on the new
 -- version of a renewal whose outcome the holder does not know). The slot
@@ -22,4 +22,6 @@ if tonumber(i) < max_size then
 else
   drop_slot(KEYS[4], i)
 end
+-- A hint for waiters (other processes' subscribers); nobody is granted anything by it.
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
