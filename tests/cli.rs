@@ -993,6 +993,48 @@ fn heartbeat_new_version_retries(backend: Backend) {
     ctx.expect(&["release", "-k", &key, "-v", "retry-2"], 0);
 }
 
+/// `bench` on a store with a baseline: its figures, and db-locks' as ratios to them.
+#[allow(dead_code)]
+fn bench_baseline(backend: Backend, kind: &str, ratio_field: &str) {
+    let ctx = Ctx::new(backend);
+    let report = ctx.json(&[
+        "bench",
+        "-n",
+        "10",
+        "--threads",
+        "2",
+        "--contended-secs",
+        "0.2",
+        "--handoff-waiters",
+        "1",
+        "--semaphore-size",
+        "2",
+    ]);
+    let num = |v: &Value, what: &str| -> f64 {
+        let x = v
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what} is not a number: {report}"));
+        assert!(x.is_finite() && x >= 0.0, "{what} = {x}: {report}");
+        x
+    };
+    let b = &report["baseline"];
+    assert_eq!(s(&b["kind"]), kind, "{report}");
+    for part in ["cycle", "handoff"] {
+        let p50 = num(&b[part]["p50_us"], &format!("baseline.{part}.p50_us"));
+        let p99 = num(&b[part]["p99_us"], &format!("baseline.{part}.p99_us"));
+        assert!(p50 <= p99 && p99 > 0.0, "{report}");
+        num(&b[part]["ratio_to_round_trip"], "baseline ratio");
+    }
+    assert!(num(&report["acquire_release"][ratio_field], ratio_field) > 0.0);
+    assert!(num(&report["guard_cycle"][ratio_field], ratio_field) > 0.0);
+    for sharing in ["threads", "processes"] {
+        let row = &report["handoff"][sharing][0];
+        num(&row[ratio_field]["p50"], "hand-off p50 ratio");
+        num(&row[ratio_field]["p99"], "hand-off p99 ratio");
+    }
+    assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
+}
+
 macro_rules! store_cases {
     ($backend:expr) => {
         use super::*;
@@ -1052,6 +1094,11 @@ mod sqlite {
 mod postgres {
     store_cases!(Backend::Postgres);
 
+    #[test]
+    fn bench_baseline() {
+        super::bench_baseline(Backend::Postgres, "pg_advisory_lock", "ratio_to_advisory")
+    }
+
     /// A store error while waiting is retried within the wait: here the server terminates the
     /// waiting command's connection (as an administrator or a failover would), and the command
     /// still gets the lock once its holder's lease ends.
@@ -1104,6 +1151,11 @@ mod mysql {
 #[cfg(feature = "redis")]
 mod redis {
     store_cases!(Backend::Redis);
+
+    #[test]
+    fn bench_baseline() {
+        super::bench_baseline(Backend::Redis, "redis_set_nx", "ratio_to_set_nx")
+    }
 }
 
 #[cfg(feature = "dynamodb")]
@@ -1386,6 +1438,8 @@ mod usage {
             "2",
             "--semaphore-size",
             "10",
+            "--contended-secs",
+            "0.3",
         ]);
         assert_eq!(s(&report["provider"]), "rdb", "{report}");
         assert_eq!(s(&report["store"]), ctx.url, "{report}");
@@ -1439,6 +1493,10 @@ mod usage {
                 "1",
                 "--semaphore-size",
                 "1",
+                "--contended-secs",
+                "0.2",
+                "--handoff-waiters",
+                "1",
             ],
             0,
         );
@@ -1459,6 +1517,129 @@ mod usage {
         assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
     }
 
+    /// `bench --json`: the hand-off settings, the time-boxed contended runs with their sweep,
+    /// and no baseline on SQLite (absent in JSON, `n/a` in the human form).
+    #[test]
+    fn bench_handoff_and_contention_fields() {
+        let ctx = Ctx::new(Backend::Sqlite);
+        let report = ctx.json(&[
+            "bench",
+            "-n",
+            "10",
+            "--threads",
+            "3",
+            "--threads-sweep",
+            "2,1",
+            "--contended-secs",
+            "0.3",
+            "--handoff-waiters",
+            "1,2",
+            "--handoff-hold",
+            "0.002",
+            "--semaphore-size",
+            "2",
+        ]);
+        let num = |v: &Value, what: &str| -> f64 {
+            let x = v
+                .as_f64()
+                .unwrap_or_else(|| panic!("{what} is not a number: {report}"));
+            assert!(x.is_finite() && x >= 0.0, "{what} = {x}: {report}");
+            x
+        };
+
+        let handoff = &report["handoff"];
+        assert_eq!(s(&handoff["api"]), "record", "{report}");
+        assert_eq!(num(&handoff["hold_ms"], "hold_ms"), 2.0, "{report}");
+        // The test config's backoff (see Ctx::new).
+        assert_eq!(num(&handoff["retry_base_ms"], "retry_base_ms"), 5.0);
+        assert_eq!(num(&handoff["retry_max_ms"], "retry_max_ms"), 50.0);
+        for sharing in ["threads", "processes"] {
+            let rows = handoff[sharing]
+                .as_array()
+                .unwrap_or_else(|| panic!("handoff.{sharing} is not an array: {report}"));
+            let waiters: Vec<u64> = rows
+                .iter()
+                .map(|r| r["waiters"].as_u64().unwrap())
+                .collect();
+            assert_eq!(waiters, [1, 2], "{report}");
+            for row in rows {
+                let what = format!("handoff.{sharing}[{}]", row["waiters"]);
+                assert_eq!(row["samples"], 10, "{what}: {report}");
+                let p50 = num(&row["p50_us"], &format!("{what}.p50_us"));
+                let p99 = num(&row["p99_us"], &format!("{what}.p99_us"));
+                assert!(p50 <= p99 && p99 > 0.0, "{what}: {report}");
+                num(&row["mean_us"], &format!("{what}.mean_us"));
+                num(&row["ratio_to_round_trip"], &format!("{what}.ratio"));
+                assert!(row["early"].as_u64().is_some_and(|e| e <= 10), "{report}");
+                assert!(row.get("ratio_to_advisory").is_none(), "{report}");
+                assert!(row.get("ratio_to_set_nx").is_none(), "{report}");
+            }
+        }
+
+        let c = &report["contended"];
+        assert_eq!(c["threads"], 3, "{report}");
+        assert_eq!(num(&c["secs"], "secs"), 0.3, "{report}");
+        assert!(c["grants"].as_u64().is_some_and(|g| g > 0), "{report}");
+        assert!(num(&c["grants_per_sec"], "grants_per_sec") > 0.0);
+        assert!(num(&c["single_thread_grants_per_sec"], "single") > 0.0);
+        assert!(num(&c["ratio_to_single_thread"], "ratio_to_single_thread") > 0.0);
+        let rpg = num(&c["requests_per_grant"], "requests_per_grant");
+        assert!(rpg >= 1.0, "{report}");
+        let shares = &c["shares"];
+        let (min, mean, max) = (
+            num(&shares["min"], "shares.min"),
+            num(&shares["mean"], "shares.mean"),
+            num(&shares["max"], "shares.max"),
+        );
+        assert!(min <= mean && mean <= max && max <= 1.0, "{report}");
+        assert!((mean - 1.0 / 3.0).abs() < 0.001, "{report}");
+        let min_over_mean = num(&shares["min_over_mean"], "shares.min_over_mean");
+        assert!(min_over_mean <= 1.0, "{report}");
+        let sweep = c["sweep"].as_array().expect("contended.sweep");
+        let counts: Vec<u64> = sweep
+            .iter()
+            .map(|r| r["threads"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [1, 2, 3], "{report}");
+        for run in sweep {
+            assert!(num(&run["grants_per_sec"], "sweep grants_per_sec") > 0.0);
+            num(&run["ratio_to_single_thread"], "sweep ratio");
+            num(&run["shares"]["min_over_mean"], "sweep min_over_mean");
+            assert!(num(&run["requests_per_grant"], "sweep requests_per_grant") >= 1.0);
+        }
+        assert_eq!(sweep[0]["ratio_to_single_thread"], 1.0, "{report}");
+
+        // No baseline on SQLite.
+        assert!(report.get("baseline").is_none(), "{report}");
+        assert!(report["acquire_release"].get("ratio_to_advisory").is_none());
+        assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
+
+        let out = ctx.expect(
+            &[
+                "bench",
+                "-n",
+                "3",
+                "--contended-secs",
+                "0.1",
+                "--threads",
+                "2",
+                "--handoff-waiters",
+                "1",
+            ],
+            0,
+        );
+        let text = stdout(&out);
+        assert!(text.contains("baseline: n/a"), "{text}");
+        for sharing in ["threads", "processes"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(sharing) && l.contains("n/a")),
+                "no `{sharing}` hand-off row:\n{text}"
+            );
+        }
+        assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
+    }
+
     /// `bench` checks its arguments before connecting: exit 2, nothing printed or created.
     #[test]
     fn bench_bad_input_is_usage_error() {
@@ -1474,6 +1655,18 @@ mod usage {
             &["bench", "--semaphore-size", "10001"],
             &["bench", "-k", ""],
             &["bench", "-k", &huge],
+            &["bench", "--threads", "257"],
+            &["bench", "--contended-secs", "0"],
+            &["bench", "--contended-secs", "-1"],
+            &["bench", "--contended-secs", "3000000"],
+            &["bench", "--contended-secs", "soon"],
+            &["bench", "--threads-sweep", "1,0"],
+            &["bench", "--threads-sweep", "1,x"],
+            &["bench", "--threads-sweep", "1000"],
+            &["bench", "--handoff-waiters", "0"],
+            &["bench", "--handoff-waiters", "256"],
+            &["bench", "--handoff-hold", "0"],
+            &["bench", "--handoff-hold", "3000000"],
         ];
         for args in cases {
             let out = ctx.run(args);

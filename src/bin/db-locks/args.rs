@@ -134,15 +134,29 @@ db-locks exits with 3."
     List,
     /// Create or upgrade the schema (tables) now
     Migrate,
-    /// Measure the latency of each operation on this store, as ratios to a plain read
+    /// Measure the latency of each operation on this store, hand-off and contention, as
+    /// ratios to a plain read (and to the store's own locks where it has them)
     #[command(
         after_help = "Measures, in one run: round_trip (get_mutex, one primary-key read: the \
 baseline), acquire_release (acquire + release of a private mutex), heartbeat (renewing a held \
 lease), guard_cycle (a guard taken and released, heartbeat thread included), permit_cycle \
-(acquire + release of a permit of a semaphore of --semaphore-size) and contended (--threads \
-threads taking turns on one mutex; its time per grant is the run's wall-clock time divided by \
-its grants). Each latency is also given as a ratio to round_trip (of the means) measured in the \
-same run. The keys are KEY_PREFIX plus a random suffix, deleted at the end."
+(acquire + release of a permit of a semaphore of --semaphore-size); each also as a ratio to \
+round_trip (of the means) from the same run.\n\n\
+handoff: the time from a holder's release_lock returning to a waiter's acquire_lock returning, \
+p50/p99 of -n samples, for each count of --handoff-waiters (default 1 and 8) waiters already \
+waiting (each found the mutex busy, then the holder kept it --handoff-hold more): `threads` \
+share one manager; `processes` each have their own (one connect each, as separate processes \
+would). The threads take turns: the releaser waits again only after someone else got the \
+mutex.\n\n\
+contended: --threads threads (default 8) loop acquire + release on one mutex for \
+--contended-secs (default 2); reported: grants/s and its ratio to 1 thread for the same time, \
+each thread's share of the grants (min, mean, max) and acquire requests per grant (from the \
+manager's metrics). --threads-sweep 1,2,4,8 adds a run per count.\n\n\
+baseline (same run): on PostgreSQL, pg_advisory_lock + unlock on one session, and its hand-off \
+to a second session blocked in pg_advisory_lock (ratio_to_advisory); on Redis, SET NX PX + a \
+compare-and-delete script, and its hand-off to a waiter polling SET NX every 10 ms \
+(ratio_to_set_nx); other stores: n/a.\n\n\
+The keys are KEY_PREFIX plus a random suffix, deleted at the end."
     )]
     Bench(BenchArgs),
 }
@@ -299,13 +313,38 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Measured operations of each kind (also the number of grants in the contended run)
+    /// Measured operations of each kind (also the number of hand-offs measured per setting)
     #[arg(short = 'n', long, value_name = "ITERATIONS", default_value_t = 200)]
     pub iterations: u64,
 
     /// Threads contending for one mutex in the contended run
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 8)]
     pub threads: u64,
+
+    /// Seconds each contended run lasts (the 1-thread run, the --threads run and each run of
+    /// the sweep)
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_lease)]
+    pub contended_secs: Duration,
+
+    /// Also run the contended measurement with each of these thread counts, e.g. 1,2,4,8
+    /// (the 1-thread and --threads runs are always made)
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', num_args = 1)]
+    pub threads_sweep: Vec<u64>,
+
+    /// Numbers of waiters the hand-off is measured with
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        num_args = 1,
+        default_values_t = [1u64, 8]
+    )]
+    pub handoff_waiters: Vec<u64>,
+
+    /// Seconds the holder keeps the lock after the last waiter has found it busy, before it
+    /// releases it; should exceed one acquire round trip of the store
+    #[arg(long, value_name = "SECS", default_value = "0.005", value_parser = parse_lease)]
+    pub handoff_hold: Duration,
 
     /// Number of permits of the semaphore used by permit_cycle
     #[arg(

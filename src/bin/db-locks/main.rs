@@ -2,6 +2,7 @@
 //! contract: synopsis, commands, JSON fields and exit codes.
 
 mod args;
+mod baseline;
 mod bench;
 mod output;
 mod run;
@@ -243,9 +244,10 @@ fn execute(cli: Cli, matches: &ArgMatches, secrets: &mut Redactor) -> Result<u8,
         Command::GetSemaphoreMutexes(a) => get_semaphore_mutexes(s, a),
         Command::List => list(s),
         Command::Migrate => migrate(s),
-        Command::Bench(a) => s
-            .out
-            .print(&s.out.bench(&bench::run(&s.manager, a)?, &s.config)),
+        Command::Bench(a) => s.out.print(
+            &s.out
+                .bench(&bench::run(&s.manager, &s.config, a)?, &s.config),
+        ),
         Command::Run(a) => run(s, a),
     }
 }

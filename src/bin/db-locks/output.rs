@@ -10,7 +10,7 @@ use db_locks::{LocksConfig, MutexLock, Semaphore};
 use serde_json::{json, Value};
 
 use crate::args::ReleaseArgs;
-use crate::bench::{Report, Stats};
+use crate::bench::{ContendedRun, Handoff, Report, Sharing, Stats};
 use crate::Exit;
 
 /// The output format of one invocation: each method renders one result in it.
@@ -336,28 +336,126 @@ fn stats_json(stats: &Stats, base: Option<&Stats>) -> Value {
     v
 }
 
+/// The ratio of two p50s and of two p99s, as `{"p50": .., "p99": ..}`.
+fn percentile_ratios(stats: &Stats, base: &Stats) -> Value {
+    json!({
+        "p50": round3(stats.p50_us / base.p50_us),
+        "p99": round3(stats.p99_us / base.p99_us),
+    })
+}
+
+fn shares_json(run: &ContendedRun) -> Value {
+    let (min, mean, max) = run.shares();
+    json!({
+        "min": round3(min),
+        "mean": round3(mean),
+        "max": round3(max),
+        "min_over_mean": round3(min / mean),
+    })
+}
+
+fn contended_json(r: &Report) -> Value {
+    let base = &r.round_trip;
+    let c = &r.contended;
+    let (main, single) = (c.main(), c.single());
+    let per_thread_count = |run: &ContendedRun| {
+        json!({
+            "threads": run.threads,
+            "grants": run.grants(),
+            "grants_per_sec": round3(run.grants_per_sec()),
+            "ratio_to_single_thread": round3(run.grants_per_sec() / single.grants_per_sec()),
+            "requests_per_grant": run.requests_per_grant().map(round3),
+            "shares": shares_json(run),
+        })
+    };
+    json!({
+        "threads": c.threads,
+        "secs": round3(main.secs),
+        "grants": main.grants(),
+        "grants_per_sec": round3(main.grants_per_sec()),
+        "mean_us_per_grant": round3(main.mean_us_per_grant()),
+        "ratio_to_round_trip": round3(main.mean_us_per_grant() / base.mean_us),
+        "single_thread_grants_per_sec": round3(single.grants_per_sec()),
+        "ratio_to_single_thread": round3(main.grants_per_sec() / single.grants_per_sec()),
+        "shares": shares_json(main),
+        "requests_per_grant": main.requests_per_grant().map(round3),
+        "sweep": c.runs.iter().map(per_thread_count).collect::<Vec<_>>(),
+    })
+}
+
+fn handoff_json(r: &Report, config: &LocksConfig) -> Value {
+    let entry = |h: &Handoff| {
+        let mut v = stats_json(&h.latency, Some(&r.round_trip));
+        v["waiters"] = json!(h.waiters);
+        v["samples"] = json!(h.latency.samples);
+        v["early"] = json!(h.early);
+        if let Some(b) = &r.baseline {
+            v[b.kind.ratio_field()] = percentile_ratios(&h.latency, &b.handoff);
+        }
+        v
+    };
+    let of = |sharing: Sharing| {
+        r.handoff
+            .iter()
+            .filter(|h| h.sharing == sharing)
+            .map(entry)
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "api": "record",
+        "hold_ms": round3(r.handoff_hold.as_secs_f64() * 1e3),
+        "retry_base_ms": round3(config.retry_base.as_secs_f64() * 1e3),
+        "retry_max_ms": round3(config.retry_max.as_secs_f64() * 1e3),
+        "threads": of(Sharing::Threads),
+        "processes": of(Sharing::Processes),
+    })
+}
+
+fn baseline_json(r: &Report) -> Option<Value> {
+    let b = r.baseline.as_ref()?;
+    let mut handoff = stats_json(&b.handoff, Some(&r.round_trip));
+    if let Some(poll) = b.poll {
+        handoff["poll_ms"] = json!(millis(poll));
+    }
+    Some(json!({
+        "kind": b.kind.name(),
+        "cycle": stats_json(&b.cycle, Some(&r.round_trip)),
+        "handoff": handoff,
+    }))
+}
+
 fn bench_json(r: &Report, config: &LocksConfig) -> Value {
     let base = &r.round_trip;
+    let mut acquire_release = stats_json(&r.acquire_release, Some(base));
+    let mut guard_cycle = stats_json(&r.guard_cycle, Some(base));
+    if let Some(b) = &r.baseline {
+        acquire_release[b.kind.ratio_field()] = json!(round3(r.acquire_release.ratio_to(&b.cycle)));
+        guard_cycle[b.kind.ratio_field()] = json!(round3(r.guard_cycle.ratio_to(&b.cycle)));
+    }
     let mut permit_cycle = stats_json(&r.permit_cycle, Some(base));
     permit_cycle["semaphore_size"] = json!(r.semaphore_size);
-    json!({
+    let mut v = json!({
         "provider": config.provider.to_string(),
         "store": config.store_location(),
         "tenant_id": config.tenant_id,
         "iterations": r.iterations,
         "round_trip": stats_json(base, None),
-        "acquire_release": stats_json(&r.acquire_release, Some(base)),
+        "acquire_release": acquire_release,
         "heartbeat": stats_json(&r.heartbeat, Some(base)),
-        "guard_cycle": stats_json(&r.guard_cycle, Some(base)),
+        "guard_cycle": guard_cycle,
         "permit_cycle": permit_cycle,
-        "contended": {
-            "threads": r.contended.threads,
-            "grants": r.contended.grants,
-            "grants_per_sec": round3(r.contended.grants_per_sec),
-            "mean_us_per_grant": round3(r.contended.mean_us_per_grant),
-            "ratio_to_round_trip": round3(r.contended.mean_us_per_grant / base.mean_us),
-        },
-    })
+        "handoff": handoff_json(r, config),
+        "contended": contended_json(r),
+    });
+    if let Some(b) = baseline_json(r) {
+        v["baseline"] = b;
+    }
+    v
+}
+
+/// `x` as `1.23×`, or `n/a`.
+fn times(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}×"))
 }
 
 fn bench_human(r: &Report, config: &LocksConfig) -> String {
@@ -410,18 +508,126 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
         );
     }
     let c = &r.contended;
+    let main = c.main();
     let _ = writeln!(
         s,
-        "{:15}  {:>10.1}  {:>10}  {:>10}  {:>7.2}  per grant: {} threads, {} grants, {:.0} grants/s",
+        "{:15}  {:>10.1}  {:>10}  {:>10}  {:>7.2}  per grant: {} threads for {}, {} grants, {:.0} grants/s",
         "contended",
-        c.mean_us_per_grant,
+        main.mean_us_per_grant(),
         "-",
         "-",
-        c.mean_us_per_grant / base.mean_us,
-        c.threads,
-        c.grants,
-        c.grants_per_sec
+        main.mean_us_per_grant() / base.mean_us,
+        main.threads,
+        secs(Duration::from_secs_f64(main.secs)),
+        main.grants(),
+        main.grants_per_sec()
     );
+
+    let baseline_name = r.baseline.as_ref().map(|b| b.kind.name());
+    let _ = writeln!(
+        s,
+        "\nhand-off: from the release call returning to the next grant returning, waiters \
+         already waiting (record API; released {} after the last waiter found it busy; backoff \
+         {} to {})",
+        secs(r.handoff_hold),
+        secs(config.retry_base),
+        secs(config.retry_max),
+    );
+    let _ = writeln!(
+        s,
+        "{:10}  {:>7}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}  RATIOS TO",
+        "SHARING", "WAITERS", "MEAN_US", "P50_US", "P99_US", "P50", "P99"
+    );
+    for h in &r.handoff {
+        let ratios = r.baseline.as_ref().map(|b| {
+            (
+                h.latency.p50_us / b.handoff.p50_us,
+                h.latency.p99_us / b.handoff.p99_us,
+            )
+        });
+        let _ = writeln!(
+            s,
+            "{:10}  {:>7}  {:>10.1}  {:>10.1}  {:>10.1}  {:>8}  {:>8}  {}",
+            h.sharing.name(),
+            h.waiters,
+            h.latency.mean_us,
+            h.latency.p50_us,
+            h.latency.p99_us,
+            times(ratios.map(|r| r.0)),
+            times(ratios.map(|r| r.1)),
+            baseline_name.unwrap_or("no baseline on this store")
+        );
+    }
+
+    let single = c.single();
+    let (min, mean, max) = main.shares();
+    let _ = writeln!(
+        s,
+        "\ncontended: {} threads, {:.0} grants/s = {:.2}× the 1-thread rate ({:.0} grants/s); \
+         shares of the grants min {:.3}, mean {:.3}, max {:.3} (min/mean {:.2}); {} requests per grant",
+        main.threads,
+        main.grants_per_sec(),
+        main.grants_per_sec() / single.grants_per_sec(),
+        single.grants_per_sec(),
+        min,
+        mean,
+        max,
+        min / mean,
+        main.requests_per_grant()
+            .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}")),
+    );
+    let _ = writeln!(
+        s,
+        "{:>7}  {:>10}  {:>8}  {:>10}  {:>8}",
+        "THREADS", "GRANTS/S", "RATIO", "REQ/GRANT", "MIN/MEAN"
+    );
+    for run in &c.runs {
+        let (min, mean, _) = run.shares();
+        let _ = writeln!(
+            s,
+            "{:>7}  {:>10.0}  {:>8.2}  {:>10}  {:>8.2}",
+            run.threads,
+            run.grants_per_sec(),
+            run.grants_per_sec() / single.grants_per_sec(),
+            run.requests_per_grant()
+                .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}")),
+            min / mean
+        );
+    }
+
+    match &r.baseline {
+        None => {
+            let _ = writeln!(s, "\nbaseline: n/a (none for this store)");
+        }
+        Some(b) => {
+            let _ = writeln!(s, "\nbaseline {}: {}", b.kind.name(), b.kind.description());
+            let _ = writeln!(
+                s,
+                "{:15}  {:>10}  {:>10}  {:>10}  {:>7}  NOTE",
+                "OPERATION", "MEAN_US", "P50_US", "P99_US", "RATIO"
+            );
+            for (name, stats, note) in [
+                (
+                    "cycle",
+                    &b.cycle,
+                    format!(
+                        "acquire_release is {:.2}× this (means)",
+                        r.acquire_release.ratio_to(&b.cycle)
+                    ),
+                ),
+                ("handoff", &b.handoff, "1 waiter".to_owned()),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "{name:15}  {:>10.1}  {:>10.1}  {:>10.1}  {:>7.2}  {note}",
+                    stats.mean_us,
+                    stats.p50_us,
+                    stats.p99_us,
+                    stats.ratio_to(base)
+                );
+            }
+        }
+    }
     s
 }
 
