@@ -8,11 +8,11 @@
 //! reached at the URLs the tests use (see tests/support/mod.rs), e.g.
 //! `DB_LOCKS_BENCH_STORES=sqlite,postgres cargo bench --all-features --bench locks`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use db_locks::{AcquireLockOptionsBuilder, LockManager, LockOptions, SemaphoreBuilder};
+use db_locks::{AcquireLockOptionsBuilder, LockManager, LockOptions, MutexLock, SemaphoreBuilder};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -122,6 +122,164 @@ fn contended(c: &mut Criterion) {
     }
 }
 
+/// How long a hand-off's holder keeps the mutex after the last waiter found it busy.
+const HANDOFF_HOLD: Duration = Duration::from_millis(5);
+
+/// Hand-off: from a holder's `release_lock` returning to the next `acquire_lock` returning,
+/// while 1 or 8 threads of the same manager already wait. Criterion's time per iteration is
+/// the mean hand-off (the holds are not counted). The same protocol as `db-locks bench`'s
+/// `handoff` (see src/bin/db-locks/bench.rs), with this file's short backoff (1 to 20 ms).
+fn handoff(c: &mut Criterion) {
+    for (store, m) in managers() {
+        let mut group = c.benchmark_group(format!("handoff/{store}"));
+        group.sample_size(10);
+        let key = format!("bench-handoff-{}", uuid::Uuid::new_v4().simple());
+        m.release_lock(
+            &m.acquire_lock(&opts_for(&key))
+                .unwrap()
+                .to_release_options(),
+        )
+        .unwrap();
+        group.bench_function("raw_round_trip(get_mutex)", |b| {
+            b.iter(|| m.get_mutex(&key).unwrap())
+        });
+        for waiters in [1usize, 8] {
+            group.bench_with_input(
+                BenchmarkId::new("release_to_grant", waiters),
+                &waiters,
+                |b, &waiters| b.iter_custom(|iters| handoffs(&m, &key, waiters, iters)),
+            );
+        }
+        group.finish();
+    }
+}
+
+fn opts_for(key: &str) -> db_locks::AcquireLockOptions {
+    AcquireLockOptionsBuilder::new(key)
+        .with_lease_duration_secs(30)
+        .build()
+}
+
+/// What the threads of [`handoffs`] share.
+#[derive(Default)]
+struct Turns {
+    /// Threads that found the mutex busy and wait for it.
+    waiting: usize,
+    /// Grants so far.
+    grants: u64,
+    /// The current hand-off's two ends; whichever comes second adds the sample.
+    released_at: Option<Instant>,
+    granted_at: Option<Instant>,
+    /// Hand-offs still to discard, hand-offs still to measure, and the measured total.
+    warm_up: u64,
+    left: u64,
+    total: Duration,
+}
+
+impl Turns {
+    fn end(&mut self, released: Option<Instant>, granted: Option<Instant>) {
+        if released.is_some() {
+            self.released_at = released;
+        }
+        if granted.is_some() {
+            self.granted_at = granted;
+        }
+        if let (Some(r), Some(g)) = (self.released_at, self.granted_at) {
+            self.released_at = None;
+            self.granted_at = None;
+            if self.warm_up > 0 {
+                self.warm_up -= 1;
+            } else if self.left > 0 {
+                self.left -= 1;
+                self.total += g.saturating_duration_since(r);
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// `waiters + 1` threads take turns on mutex `key`: one holds it until every other thread has
+/// found it busy (then [`HANDOFF_HOLD`] more) and releases it; once someone else has it, the
+/// releaser waits for it again. Returns the total of `iters` hand-offs, after `waiters + 1`
+/// unmeasured ones.
+fn handoffs(m: &LockManager, key: &str, waiters: usize, iters: u64) -> Duration {
+    let opts = |wait: Duration| {
+        AcquireLockOptionsBuilder::new(key)
+            .with_lease_duration_secs(30)
+            .with_wait_duration(wait)
+            .build()
+    };
+    let (try_once, wait) = (opts(Duration::ZERO), opts(Duration::from_secs(120)));
+    let turns = Mutex::new(Turns {
+        warm_up: waiters as u64 + 1,
+        left: iters,
+        ..Turns::default()
+    });
+    let changed = Condvar::new();
+    let first = m.acquire_lock(&wait).unwrap();
+    std::thread::scope(|scope| {
+        let mut first = Some(first);
+        for _ in 0..=waiters {
+            let mut held: Option<MutexLock> = first.take();
+            let (turns, changed, try_once, wait) = (&turns, &changed, &try_once, &wait);
+            scope.spawn(move || loop {
+                let lock = match held.take() {
+                    Some(lock) => lock,
+                    None => {
+                        if let Some(lock) = m.try_acquire_lock(try_once).unwrap() {
+                            // Free only once the run is over.
+                            assert!(turns.lock().unwrap().done(), "the mutex was free");
+                            m.release_lock(&lock.to_release_options()).unwrap();
+                            return;
+                        }
+                        turns.lock().unwrap().waiting += 1;
+                        changed.notify_all();
+                        let lock = m.acquire_lock(wait).unwrap();
+                        let granted = Instant::now();
+                        let mut t = turns.lock().unwrap();
+                        t.waiting -= 1;
+                        t.grants += 1;
+                        t.end(None, Some(granted));
+                        let done = t.done();
+                        drop(t);
+                        changed.notify_all();
+                        if done {
+                            m.release_lock(&lock.to_release_options()).unwrap();
+                            return;
+                        }
+                        lock
+                    }
+                };
+                let grants = {
+                    let mut t = turns.lock().unwrap();
+                    while t.waiting < waiters && !t.done() {
+                        t = changed.wait(t).unwrap();
+                    }
+                    t.grants
+                };
+                if !turns.lock().unwrap().done() {
+                    std::thread::sleep(HANDOFF_HOLD);
+                }
+                m.release_lock(&lock.to_release_options()).unwrap();
+                let released = Instant::now();
+                let mut t = turns.lock().unwrap();
+                t.end(Some(released), None);
+                changed.notify_all();
+                while t.grants == grants && !t.done() {
+                    t = changed.wait(t).unwrap();
+                }
+                if t.done() {
+                    return;
+                }
+            });
+        }
+    });
+    turns.into_inner().unwrap().total
+}
+
 /// A permit acquire + release for semaphores of growing size, and the busy answer of a try
 /// on a full one: neither cost may grow with the size.
 fn semaphore_size(c: &mut Criterion) {
@@ -181,6 +339,6 @@ fn semaphore_size(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = uncontended, contended, semaphore_size
+    targets = uncontended, contended, handoff, semaphore_size
 }
 criterion_main!(benches);
