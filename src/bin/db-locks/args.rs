@@ -142,8 +142,8 @@ baseline), acquire_release (acquire + release of a private mutex), heartbeat (re
 lease), guard_cycle (a guard taken and released, heartbeat thread included), permit_cycle \
 (acquire + release of a permit of a semaphore of --semaphore-size); each also as a ratio to \
 round_trip (of the means) from the same run.\n\n\
-handoff: the time from a holder's release_lock returning to a waiter's acquire_lock returning, \
-p50/p99 of -n samples, for each count of --handoff-waiters (default 1 and 8) waiters already \
+handoff: the time from a holder's release_lock returning (and, as from_release_call, from its \
+start) to a waiter's acquire_lock returning, p50/p99 of -n samples, for each count of --handoff-waiters (default 1 and 8) waiters already \
 waiting (each found the mutex busy, then the holder kept it --handoff-hold more): `threads` \
 share one manager; `processes` each have their own (one connect each, as separate processes \
 would). The threads take turns: the releaser waits again only after someone else got the \
@@ -155,7 +155,7 @@ manager's metrics). --threads-sweep 1,2,4,8 adds a run per count.\n\n\
 baseline (same run): on PostgreSQL, pg_advisory_lock + unlock on one session, and its hand-off \
 to a second session blocked in pg_advisory_lock (ratio_to_advisory); on Redis, SET NX PX + a \
 compare-and-delete script, and its hand-off to a waiter polling SET NX every 10 ms \
-(ratio_to_set_nx); other stores: n/a.\n\n\
+(ratio_to_set_nx; hand-off ratios compare the from_release_call figures); other stores: n/a.\n\n\
 The keys are KEY_PREFIX plus a random suffix, deleted at the end."
     )]
     Bench(BenchArgs),

@@ -15,7 +15,7 @@ use db_locks::LocksConfig;
 #[cfg(any(feature = "postgres", feature = "redis"))]
 use db_locks::Provider;
 
-use crate::bench::Stats;
+use crate::bench::{HandoffLatency, Stats};
 use crate::Exit;
 
 /// Redis: how often a waiting client retries `SET NX`.
@@ -70,8 +70,8 @@ pub struct Baseline {
     pub kind: BaselineKind,
     /// Lock + unlock on one connection, uncontended.
     pub cycle: Stats,
-    /// From the holder's unlock returning to the waiter's lock returning.
-    pub handoff: Stats,
+    /// From the holder's unlock (its return, and its start) to the waiter's lock returning.
+    pub handoff: HandoffLatency,
     /// Redis: the waiter's poll period.
     pub poll: Option<Duration>,
 }
@@ -129,7 +129,7 @@ mod advisory {
     use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 
     use super::{Baseline, BaselineKind, WAITER_TIMEOUT, WARM_UP};
-    use crate::bench::{measure as measure_op, Stats};
+    use crate::bench::{measure as measure_op, HandoffLatency, HandoffSamples, HandoffTimes};
     use crate::Exit;
 
     #[derive(QueryableByName)]
@@ -192,7 +192,7 @@ mod advisory {
         .map_err(|e| failed("lock + unlock", e))?;
 
         // The waiter thread takes the lock whenever told to, and reports when it had it.
-        let handoff = std::thread::scope(|scope| -> Result<Stats, Exit> {
+        let handoff = std::thread::scope(|scope| -> Result<HandoffLatency, Exit> {
             let (go_tx, go_rx) = mpsc::channel::<()>();
             let (done_tx, done_rx) = mpsc::channel::<QueryResult<Instant>>();
             let mut waiter = waiter;
@@ -209,7 +209,7 @@ mod advisory {
             // The holder session lives in this closure: if it fails, it is closed on the way
             // out, which frees a waiter blocked behind it, before the scope joins the thread.
             let mut holder = holder;
-            let mut samples = Vec::with_capacity(n as usize);
+            let mut samples = HandoffSamples::with_capacity(n);
             for round in 0..WARM_UP + n {
                 lock(&mut holder, id).map_err(|e| failed("lock", e))?;
                 go_tx
@@ -228,6 +228,7 @@ mod advisory {
                     }
                     std::thread::sleep(Duration::from_micros(200));
                 }
+                let release_called = Instant::now();
                 unlock(&mut holder, id).map_err(|e| failed("unlock", e))?;
                 let released = Instant::now();
                 let granted = done_rx
@@ -235,10 +236,14 @@ mod advisory {
                     .map_err(|_| failed("the waiter", "was not granted the lock"))?
                     .map_err(|e| failed("the waiter's lock", e))?;
                 if round >= WARM_UP {
-                    samples.push(granted.saturating_duration_since(released));
+                    samples.push(HandoffTimes {
+                        release_called,
+                        released,
+                        granted,
+                    });
                 }
             }
-            Ok(Stats::of(samples))
+            Ok(samples.stats())
         })?;
         Ok(Baseline {
             kind: BaselineKind::Advisory,
@@ -258,7 +263,7 @@ mod set_nx {
     use redis::{Connection, RedisResult, Script};
 
     use super::{Baseline, BaselineKind, POLL, WAITER_TIMEOUT, WARM_UP};
-    use crate::bench::{measure as measure_op, Stats};
+    use crate::bench::{measure as measure_op, HandoffLatency, HandoffSamples, HandoffTimes};
     use crate::Exit;
 
     /// Deletes the key only if it still holds the caller's value.
@@ -321,7 +326,7 @@ mod set_nx {
             expect(deleted, "compare-and-delete")
         })?;
 
-        let handoff = std::thread::scope(|scope| -> Result<Stats, Exit> {
+        let handoff = std::thread::scope(|scope| -> Result<HandoffLatency, Exit> {
             let (go_tx, go_rx) = mpsc::channel::<()>();
             let (report_tx, report_rx) = mpsc::channel::<Waiter>();
             let (script, waiter_value) = (&script, &waiter_value);
@@ -358,7 +363,7 @@ mod set_nx {
                     Err(_) => Err(failed("the waiter", what)),
                 }
             };
-            let mut samples = Vec::with_capacity(n as usize);
+            let mut samples = HandoffSamples::with_capacity(n);
             let mut rng = rand::rng();
             for round in 0..WARM_UP + n {
                 let set =
@@ -375,6 +380,7 @@ mod set_nx {
                 // knows nothing of its waiters would.
                 let offset = rng.random_range(0..POLL.as_micros() as u64);
                 std::thread::sleep(hold + Duration::from_micros(offset));
+                let release_called = Instant::now();
                 let deleted = unlock(&mut holder, script, key, &holder_value)
                     .map_err(|e| failed("compare-and-delete", e))?;
                 let released = Instant::now();
@@ -383,11 +389,15 @@ mod set_nx {
                     return Err(failed("the waiter", "reported twice"));
                 };
                 if round >= WARM_UP {
-                    samples.push(granted.saturating_duration_since(released));
+                    samples.push(HandoffTimes {
+                        release_called,
+                        released,
+                        granted,
+                    });
                 }
             }
             drop(go_tx);
-            Ok(Stats::of(samples))
+            Ok(samples.stats())
         })?;
         Ok(Baseline {
             kind: BaselineKind::SetNx,

@@ -233,14 +233,72 @@ impl Sharing {
     }
 }
 
-/// One hand-off setting: from the holder's release call returning to the next grant
-/// returning, while `waiters` waiters were already waiting.
+/// One hand-off setting, while `waiters` waiters were already waiting.
 pub struct Handoff {
     pub sharing: Sharing,
     pub waiters: u64,
-    pub latency: Stats,
-    /// Samples in which the grant returned before the release call did (counted as 0).
+    pub latency: HandoffLatency,
+}
+
+/// The latency of hand-offs, taken two ways.
+pub struct HandoffLatency {
+    /// From the release call returning to the next grant returning. A grant that returned
+    /// before the release call did counts as 0.
+    pub from_return: Stats,
+    /// From the release call starting to the next grant returning: never 0, and what ratios
+    /// between stores and baselines compare (a store that wakes its waiter itself, such as
+    /// PostgreSQL's advisory locks, often answers the waiter before the releaser).
+    pub from_call: Stats,
+    /// Samples in which the grant returned before the release call did.
     pub early: u64,
+}
+
+/// One hand-off's instants: the release call's start and return, the grant's return.
+#[derive(Debug, Clone, Copy)]
+pub struct HandoffTimes {
+    pub release_called: Instant,
+    pub released: Instant,
+    pub granted: Instant,
+}
+
+/// Collects hand-off samples.
+#[derive(Default)]
+pub struct HandoffSamples {
+    from_return: Vec<Duration>,
+    from_call: Vec<Duration>,
+    early: u64,
+}
+
+impl HandoffSamples {
+    pub fn with_capacity(n: u64) -> HandoffSamples {
+        HandoffSamples {
+            from_return: Vec::with_capacity(n as usize),
+            from_call: Vec::with_capacity(n as usize),
+            early: 0,
+        }
+    }
+
+    pub fn push(&mut self, t: HandoffTimes) {
+        if t.granted < t.released {
+            self.early += 1;
+        }
+        self.from_return
+            .push(t.granted.saturating_duration_since(t.released));
+        self.from_call
+            .push(t.granted.saturating_duration_since(t.release_called));
+    }
+
+    pub fn len(&self) -> u64 {
+        self.from_return.len() as u64
+    }
+
+    pub fn stats(self) -> HandoffLatency {
+        HandoffLatency {
+            from_return: Stats::of(self.from_return),
+            from_call: Stats::of(self.from_call),
+            early: self.early,
+        }
+    }
 }
 
 /// Everything one run measured.
@@ -413,37 +471,38 @@ struct Turns {
     waiting: u64,
     /// Grants so far.
     grants: u64,
-    /// The current hand-off's two ends: whichever comes second makes the sample.
-    released_at: Option<Instant>,
+    /// The current hand-off's two ends (the release call's start and return, the grant's
+    /// return): whichever comes second makes the sample.
+    released_at: Option<(Instant, Instant)>,
     granted_at: Option<Instant>,
     /// Hand-offs left to discard before samples are kept.
     warm_up: u64,
-    samples: Vec<Duration>,
-    early: u64,
+    samples: HandoffSamples,
     /// Enough samples, or an error: every thread ends as soon as it can.
     stop: bool,
 }
 
 impl Turns {
     /// Records one end of the current hand-off; with both ends, the sample.
-    fn end(&mut self, released: Option<Instant>, granted: Option<Instant>, wanted: u64) {
+    fn end(&mut self, released: Option<(Instant, Instant)>, granted: Option<Instant>, wanted: u64) {
         if released.is_some() {
             self.released_at = released;
         }
         if granted.is_some() {
             self.granted_at = granted;
         }
-        if let (Some(r), Some(g)) = (self.released_at, self.granted_at) {
+        if let (Some((called, released)), Some(granted)) = (self.released_at, self.granted_at) {
             self.released_at = None;
             self.granted_at = None;
             if self.warm_up > 0 {
                 self.warm_up -= 1;
             } else if !self.stop {
-                if g < r {
-                    self.early += 1;
-                }
-                self.samples.push(g.saturating_duration_since(r));
-                if self.samples.len() as u64 >= wanted {
+                self.samples.push(HandoffTimes {
+                    release_called: called,
+                    released,
+                    granted,
+                });
+                if self.samples.len() >= wanted {
                     self.stop = true;
                 }
             }
@@ -471,6 +530,7 @@ fn handoff_setting(
     let waiters = threads - 1;
     let turns = Mutex::new(Turns {
         warm_up: WARM_UP.max(threads),
+        samples: HandoffSamples::with_capacity(n),
         ..Turns::default()
     });
     let changed = Condvar::new();
@@ -524,8 +584,7 @@ fn handoff_setting(
     Ok(Handoff {
         sharing,
         waiters,
-        latency: Stats::of(turns.samples),
-        early: turns.early,
+        latency: turns.samples.stats(),
     })
 }
 
@@ -593,10 +652,11 @@ fn take_turns(
             t.grants
         };
         std::thread::sleep(hold);
+        let release_called = Instant::now();
         release(m, &lock)?;
         let released_at = Instant::now();
         let mut t = turns.lock();
-        t.end(Some(released_at), None, n);
+        t.end(Some((release_called, released_at)), None, n);
         changed.notify_all();
         // Rejoin only once another thread has been granted it.
         while t.grants == grants && !t.stop {

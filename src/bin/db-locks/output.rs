@@ -10,7 +10,7 @@ use db_locks::{LocksConfig, MutexLock, Semaphore};
 use serde_json::{json, Value};
 
 use crate::args::ReleaseArgs;
-use crate::bench::{ContendedRun, Handoff, Report, Sharing, Stats};
+use crate::bench::{ContendedRun, Handoff, HandoffLatency, Report, Sharing, Stats};
 use crate::Exit;
 
 /// The output format of one invocation: each method renders one result in it.
@@ -383,14 +383,24 @@ fn contended_json(r: &Report) -> Value {
     })
 }
 
+/// A hand-off's latency: from the release returning (the main figures, with their ratio to
+/// the round trip), `early` and `from_release_call`.
+fn handoff_latency_json(latency: &HandoffLatency, base: &Stats) -> Value {
+    let mut v = stats_json(&latency.from_return, Some(base));
+    v["samples"] = json!(latency.from_return.samples);
+    v["early"] = json!(latency.early);
+    v["from_release_call"] = stats_json(&latency.from_call, None);
+    v
+}
+
 fn handoff_json(r: &Report, config: &LocksConfig) -> Value {
     let entry = |h: &Handoff| {
-        let mut v = stats_json(&h.latency, Some(&r.round_trip));
-        v["waiters"] = json!(h.waiters);
-        v["samples"] = json!(h.latency.samples);
-        v["early"] = json!(h.early);
+        let mut v = json!({ "waiters": h.waiters });
+        if let Value::Object(fields) = handoff_latency_json(&h.latency, &r.round_trip) {
+            v.as_object_mut().expect("an object").extend(fields);
+        }
         if let Some(b) = &r.baseline {
-            v[b.kind.ratio_field()] = percentile_ratios(&h.latency, &b.handoff);
+            v[b.kind.ratio_field()] = percentile_ratios(&h.latency.from_call, &b.handoff.from_call);
         }
         v
     };
@@ -413,7 +423,7 @@ fn handoff_json(r: &Report, config: &LocksConfig) -> Value {
 
 fn baseline_json(r: &Report) -> Option<Value> {
     let b = r.baseline.as_ref()?;
-    let mut handoff = stats_json(&b.handoff, Some(&r.round_trip));
+    let mut handoff = handoff_latency_json(&b.handoff, &r.round_trip);
     if let Some(poll) = b.poll {
         handoff["poll_ms"] = json!(millis(poll));
     }
@@ -523,40 +533,48 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
         main.grants_per_sec()
     );
 
-    let baseline_name = r.baseline.as_ref().map(|b| b.kind.name());
     let _ = writeln!(
         s,
-        "\nhand-off: from the release call returning to the next grant returning, waiters \
-         already waiting (record API; released {} after the last waiter found it busy; backoff \
-         {} to {})",
+        "\nhand-off to waiters already waiting (record API; released {} after the last waiter \
+         found it busy; backoff {} to {}). P50/P99: from the release call returning to the next \
+         grant returning (EARLY: grants first, counted as 0); CALL_: from the release call's \
+         start; ×: CALL_ figures as ratios to {}",
         secs(r.handoff_hold),
         secs(config.retry_base),
         secs(config.retry_max),
+        r.baseline
+            .as_ref()
+            .map_or("a baseline (none on this store)", |b| b.kind.name()),
     );
     let _ = writeln!(
         s,
-        "{:10}  {:>7}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}  RATIOS TO",
-        "SHARING", "WAITERS", "MEAN_US", "P50_US", "P99_US", "P50", "P99"
+        "{:10}  {:>7}  {:>10}  {:>10}  {:>5}  {:>10}  {:>10}  {:>8}  {:>8}",
+        "SHARING", "WAITERS", "P50_US", "P99_US", "EARLY", "CALL_P50", "CALL_P99", "×P50", "×P99"
     );
-    for h in &r.handoff {
+    let handoff_row = |s: &mut String, name: &str, waiters: String, l: &HandoffLatency| {
         let ratios = r.baseline.as_ref().map(|b| {
             (
-                h.latency.p50_us / b.handoff.p50_us,
-                h.latency.p99_us / b.handoff.p99_us,
+                l.from_call.p50_us / b.handoff.from_call.p50_us,
+                l.from_call.p99_us / b.handoff.from_call.p99_us,
             )
         });
         let _ = writeln!(
             s,
-            "{:10}  {:>7}  {:>10.1}  {:>10.1}  {:>10.1}  {:>8}  {:>8}  {}",
-            h.sharing.name(),
-            h.waiters,
-            h.latency.mean_us,
-            h.latency.p50_us,
-            h.latency.p99_us,
+            "{name:10}  {waiters:>7}  {:>10.1}  {:>10.1}  {:>5}  {:>10.1}  {:>10.1}  {:>8}  {:>8}",
+            l.from_return.p50_us,
+            l.from_return.p99_us,
+            l.early,
+            l.from_call.p50_us,
+            l.from_call.p99_us,
             times(ratios.map(|r| r.0)),
             times(ratios.map(|r| r.1)),
-            baseline_name.unwrap_or("no baseline on this store")
         );
+    };
+    for h in &r.handoff {
+        handoff_row(&mut s, h.sharing.name(), h.waiters.to_string(), &h.latency);
+    }
+    if let Some(b) = &r.baseline {
+        handoff_row(&mut s, "baseline", "1".to_owned(), &b.handoff);
     }
 
     let single = c.single();
@@ -615,7 +633,16 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
                         r.acquire_release.ratio_to(&b.cycle)
                     ),
                 ),
-                ("handoff", &b.handoff, "1 waiter".to_owned()),
+                (
+                    "handoff",
+                    &b.handoff.from_return,
+                    "1 waiter, from the unlock returning".to_owned(),
+                ),
+                (
+                    "handoff_call",
+                    &b.handoff.from_call,
+                    "1 waiter, from the unlock's start".to_owned(),
+                ),
             ] {
                 let _ = writeln!(
                     s,
