@@ -151,10 +151,14 @@ impl LeaseGuard {
         self.shared.metrics.guard_ended();
         let released = matches!(finish, Finish::Release);
         let finished = heartbeat.finish(finish, self.shared.config.io_timeout + FINISH_SLACK);
+        let id = &self.state.id;
         if released && finished.is_ok() {
-            let id = &self.state.id;
             self.shared
                 .released(&id.tenant_id, &id.key, id.semaphore_key.as_deref());
+        } else {
+            // Lost, or handed on: no longer this manager's to release.
+            let key = id.semaphore_key.as_deref().unwrap_or(&id.key);
+            self.shared.wakeups.ended(&id.tenant_id, key);
         }
         finished
     }

@@ -498,8 +498,11 @@ impl LockManager {
     }
 
     /// The wait loop, written once for every store: attempts until granted or the wait is
-    /// over (`Ok(None)`). In between it sleeps until a release hint (`wakeups`) or the poll
-    /// interval, capped exponential backoff with full jitter, whichever comes first.
+    /// over (`Ok(None)`). The first waiter of this process for a key sleeps between attempts
+    /// until a release hint (`wakeups`) or its poll interval (capped exponential backoff with
+    /// full jitter), whichever comes first; later waiters of this process queue behind it and
+    /// attempt when a hint reaches them (or, as a last resort, every `retry_max`), so threads
+    /// are served in arrival order and a release costs about one request, not one per waiter.
     /// `wait` `None`: the default wait (the lease; a permit without a lease: its semaphore's).
     ///
     /// Invariants:
@@ -515,22 +518,34 @@ impl LockManager {
             (Some(w), _, _) => Some(started + w),
             (None, false, lease) => Some(started + self.default_wait(lease)),
             (None, true, Some(lease)) => Some(started + lease),
-            // The semaphore's lease: read if the first attempt finds all busy.
+            // The semaphore's lease: read when it is first needed.
             (None, true, None) => None,
         };
         let mut backoff = Backoff::new(self.shared.config.retry_base, self.shared.config.retry_max);
         // Taken before the first attempt, so a release right after its busy answer wakes us.
-        let may_wait = wait != Some(Duration::ZERO);
-        let ticket = may_wait.then(|| {
+        let ticket = (wait != Some(Duration::ZERO)).then(|| {
             self.shared.watch_releases();
             self.shared.wakeups.ticket(self.tenant_id(), wanted.key)
         });
         let version = new_version();
         let mut in_doubt = false;
         let mut settling_try_used = false;
+        // Behind an older waiter of this process: it goes first.
+        let mut queued = ticket.as_ref().is_some_and(|t| !t.is_first());
         loop {
+            if let (true, Some(ticket)) = (queued, &ticket) {
+                let deadline = self.resolve(&mut deadline, started, wanted)?;
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                // Until the release that the waiters before us leave behind comes to us (or
+                // a poll of last resort).
+                ticket.wait(self.shared.config.retry_max.min(deadline - now));
+            }
             let failed = match self.attempt(wanted, &version, in_doubt) {
                 Ok(Some(grant)) => {
+                    self.shared.wakeups.granted(self.tenant_id(), wanted.key);
                     let kind = if wanted.permit { "permit" } else { "mutex" };
                     self.shared
                         .metrics
@@ -549,20 +564,25 @@ impl LockManager {
                 }
                 Err(e) => return Err(e),
             };
-            let deadline = match deadline {
-                Some(d) => d,
-                None => *deadline.insert(started + self.semaphore_lease(wanted.key)?),
-            };
+            let deadline = self.resolve(&mut deadline, started, wanted)?;
             let now = Instant::now();
             let pause = backoff.next_delay();
             if now < deadline {
-                // Until a release hint, the poll interval, or the end of the wait.
-                let nap = pause.min(deadline - now);
                 match &ticket {
-                    Some(ticket) => {
-                        ticket.wait(nap);
+                    // The first waiter of this process: until a release hint, the poll
+                    // interval (the longest one while the lease is held here: its release
+                    // brings a hint), or the end of the wait.
+                    Some(ticket) if ticket.is_first() => {
+                        let poll = if self.shared.wakeups.held_here(self.tenant_id(), wanted.key) {
+                            self.shared.config.retry_max
+                        } else {
+                            pause
+                        };
+                        ticket.wait(poll.min(deadline - now));
                     }
-                    None => std::thread::sleep(nap),
+                    // Others wait for their turn.
+                    Some(_) => queued = true,
+                    None => std::thread::sleep(pause.min(deadline - now)),
                 }
                 continue;
             }
@@ -572,9 +592,24 @@ impl LockManager {
                 // One more try after the wait, to settle a grant that may have been made.
                 Some(_) => {
                     settling_try_used = true;
+                    queued = false;
                     std::thread::sleep(pause.min(self.shared.config.retry_base));
                 }
             }
+        }
+    }
+
+    /// The end of the wait: `deadline`, or for a permit of the semaphore's lease, its start
+    /// plus that lease (one read, the first time).
+    fn resolve(
+        &self,
+        deadline: &mut Option<Instant>,
+        started: Instant,
+        wanted: &Wanted,
+    ) -> Result<Instant> {
+        match *deadline {
+            Some(d) => Ok(d),
+            None => Ok(*deadline.insert(started + self.semaphore_lease(wanted.key)?)),
         }
     }
 

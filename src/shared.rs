@@ -32,10 +32,12 @@ impl Shared {
         });
     }
 
-    /// A lease of `key` (a mutex, or a permit of semaphore `semaphore`) ended: wakes one of
-    /// this manager's waiters for it.
+    /// A lease of `key` (a mutex, or a permit of semaphore `semaphore`) was released (or
+    /// deleted): wakes one of this manager's waiters for it.
     pub(crate) fn released(&self, tenant: &str, key: &str, semaphore: Option<&str>) {
-        self.wakeups.released(tenant, semaphore.unwrap_or(key));
+        let key = semaphore.unwrap_or(key);
+        self.wakeups.ended(tenant, key);
+        self.wakeups.released(tenant, key);
     }
 
     /// A guard reports its lease lost this long before it ends by the local clock.

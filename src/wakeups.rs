@@ -28,22 +28,44 @@ use parking_lot::{Condvar, Mutex};
 #[derive(Debug, Default)]
 pub(crate) struct Wakeups {
     keys: Mutex<HashMap<(String, String), Arc<Waiters>>>,
+    /// Leases this manager granted and has not seen end, by tenant and key (a semaphore's
+    /// key for its permits). While one is held here, its release will bring a hint, so the
+    /// first waiter need not poll for it often. A count may stay behind for a record that is
+    /// never released here (it expires, or another process releases it); that only makes
+    /// waiters for that key poll at the longest interval.
+    held: Mutex<HashMap<(String, String), usize>>,
 }
 
 /// The waiters of one key, in arrival order.
 #[derive(Debug, Default)]
 struct Waiters {
     state: Mutex<Queue>,
-    woken: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     next_id: u64,
     /// Tickets waiting, oldest first.
-    waiting: VecDeque<u64>,
-    /// Tickets woken by a hint they have not consumed yet.
-    hinted: Vec<u64>,
+    waiting: VecDeque<(u64, Arc<Signal>)>,
+}
+
+/// One ticket's wake-up: a hint it has not consumed yet. Each ticket sleeps on its own, so a
+/// hint wakes exactly the thread it is for.
+#[derive(Debug, Default)]
+struct Signal {
+    hinted: Mutex<bool>,
+    woken: Condvar,
+}
+
+impl Signal {
+    /// Sets the hint; `false` if it was set already.
+    fn hint(&self) -> bool {
+        let mut hinted = self.hinted.lock();
+        let fresh = !*hinted;
+        *hinted = true;
+        self.woken.notify_one();
+        fresh
+    }
 }
 
 impl Wakeups {
@@ -55,11 +77,12 @@ impl Wakeups {
             .entry((tenant.to_owned(), key.to_owned()))
             .or_default()
             .clone();
+        let signal = Arc::new(Signal::default());
         let id = {
             let mut q = waiters.state.lock();
             q.next_id += 1;
             let id = q.next_id;
-            q.waiting.push_back(id);
+            q.waiting.push_back((id, signal.clone()));
             id
         };
         drop(keys);
@@ -69,6 +92,7 @@ impl Wakeups {
             key: key.to_owned(),
             waiters,
             id,
+            signal,
         }
     }
 
@@ -93,11 +117,39 @@ impl Wakeups {
             .get(&(tenant.to_owned(), key.to_owned()))
             .cloned();
         if let Some(waiters) = waiters {
-            let mut q = waiters.state.lock();
-            let all: Vec<u64> = q.waiting.iter().copied().collect();
-            q.hinted = all;
-            waiters.woken.notify_all();
+            for (_, signal) in &waiters.state.lock().waiting {
+                signal.hint();
+            }
         }
+    }
+
+    /// This manager was granted a lease of `(tenant, key)`.
+    pub(crate) fn granted(&self, tenant: &str, key: &str) {
+        *self
+            .held
+            .lock()
+            .entry((tenant.to_owned(), key.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// A lease of `(tenant, key)` granted to this manager ended here (released, lost, handed
+    /// over or deleted).
+    pub(crate) fn ended(&self, tenant: &str, key: &str) {
+        let mut held = self.held.lock();
+        let entry = (tenant.to_owned(), key.to_owned());
+        if let Some(n) = held.get_mut(&entry) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&entry);
+            }
+        }
+    }
+
+    /// Whether a lease of `(tenant, key)` is held through this manager.
+    pub(crate) fn held_here(&self, tenant: &str, key: &str) -> bool {
+        self.held
+            .lock()
+            .contains_key(&(tenant.to_owned(), key.to_owned()))
     }
 
     /// Forgets the key's entry once nobody waits on it.
@@ -114,12 +166,13 @@ impl Wakeups {
 }
 
 impl Waiters {
+    /// Hints the oldest ticket that has no hint yet.
     fn wake_one(&self) {
-        let mut q = self.state.lock();
-        let next = q.waiting.iter().copied().find(|id| !q.hinted.contains(id));
-        if let Some(id) = next {
-            q.hinted.push(id);
-            self.woken.notify_all();
+        let q = self.state.lock();
+        for (_, signal) in &q.waiting {
+            if signal.hint() {
+                return;
+            }
         }
     }
 }
@@ -132,19 +185,30 @@ pub(crate) struct Ticket {
     key: String,
     waiters: Arc<Waiters>,
     id: u64,
+    signal: Arc<Signal>,
 }
 
 impl Ticket {
+    /// Whether no older waiter of this process waits for the key.
+    pub(crate) fn is_first(&self) -> bool {
+        self.waiters
+            .state
+            .lock()
+            .waiting
+            .front()
+            .is_some_and(|(id, _)| *id == self.id)
+    }
+
     /// Sleeps until a hint for this ticket arrives or `timeout` passes; `true` if hinted.
     pub(crate) fn wait(&self, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
-        let mut q = self.waiters.state.lock();
+        let mut hinted = self.signal.hinted.lock();
         loop {
-            if let Some(i) = q.hinted.iter().position(|&id| id == self.id) {
-                q.hinted.swap_remove(i);
+            if *hinted {
+                *hinted = false;
                 return true;
             }
-            if self.waiters.woken.wait_until(&mut q, until).timed_out() {
+            if self.signal.woken.wait_until(&mut hinted, until).timed_out() {
                 return false;
             }
         }
@@ -155,12 +219,10 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let pass_on = {
             let mut q = self.waiters.state.lock();
-            q.waiting.retain(|&id| id != self.id);
-            let had_hint = q.hinted.iter().position(|&id| id == self.id);
-            if let Some(i) = had_hint {
-                q.hinted.swap_remove(i);
-            }
-            had_hint.is_some()
+            q.waiting.retain(|(id, _)| *id != self.id);
+            // Read under the queue's lock: no hint can reach this ticket any more.
+            let hinted = *self.signal.hinted.lock();
+            hinted
         };
         // A hint this ticket did not use (it was granted meanwhile, or gave up) belongs to
         // the next waiter: the release it announced may still be there to take.
@@ -219,6 +281,19 @@ mod tests {
         waker.join().unwrap();
         drop(t);
         assert!(w.keys.lock().is_empty());
+    }
+
+    #[test]
+    fn leases_held_here_are_counted() {
+        let w = Wakeups::default();
+        w.granted("t", "sem");
+        w.granted("t", "sem");
+        w.ended("t", "sem");
+        assert!(w.held_here("t", "sem"));
+        w.ended("t", "sem");
+        w.ended("t", "sem");
+        assert!(!w.held_here("t", "sem"));
+        assert!(w.held.lock().is_empty());
     }
 
     #[test]

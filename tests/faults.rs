@@ -585,8 +585,8 @@ fn run_over_a_stalled_server(b: Backend) {
 }
 
 /// Round trips of one acquire, one renewal and one release, on a warm connection: the
-/// one-round-trip rule (MySQL reads a grant or renewal back: no `RETURNING`; DynamoDB sends
-/// an HTTP request's headers and body apart).
+/// one-round-trip rule (MySQL and MariaDB read a grant or a renewal back: no `RETURNING` that
+/// diesel can use; DynamoDB sends an HTTP request's headers and body apart).
 fn round_trips_per_cycle(b: Backend) -> u64 {
     match b {
         Backend::Mysql => 5,

@@ -3,7 +3,10 @@
 //! or to lay down a database as an earlier version left it. They talk to the servers at
 //! `DB_LOCKS_TEST_POSTGRES_URL` and `DB_LOCKS_TEST_MYSQL_URL` and fail if those are not running.
 // Most of the helpers serve the PostgreSQL and MySQL modules only.
-#![cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(unused_imports, dead_code))]
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql")),
+    allow(unused_imports, dead_code)
+)]
 #![cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 
 #[path = "support/mod.rs"]

@@ -153,31 +153,54 @@ pub struct ReleaseRequest<'a> {
 /// the mutex key or, for a permit, the semaphore key.
 pub type ReleaseSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
-/// The sinks of one store's release notices, and the notices' format: `tenant \x1f key`
-/// (validation keeps control characters out of tenants and keys).
-#[derive(Clone, Default)]
+/// The sinks of one store's release notices, and the notices' format:
+/// `tenant \x1f key \x1f origin` (validation keeps control characters out of tenants and
+/// keys). `origin` names the store instance that released: its own notices are not delivered
+/// again, since its manager has woken its waiters already.
+#[derive(Clone)]
 #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
-pub(crate) struct ReleaseSinks(Arc<parking_lot::Mutex<Vec<ReleaseSink>>>);
+pub(crate) struct ReleaseSinks {
+    sinks: Arc<parking_lot::Mutex<Vec<ReleaseSink>>>,
+    origin: Arc<str>,
+}
 
 #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
 impl ReleaseSinks {
-    pub(crate) fn add(&self, sink: ReleaseSink) {
-        self.0.lock().push(sink);
-    }
-
-    /// Hands a notice, as it came from the store, to every sink.
-    pub(crate) fn deliver(&self, payload: &str) {
-        if let Some((tenant, key)) = payload.split_once('\u{1f}') {
-            for sink in self.0.lock().iter() {
-                sink(tenant, key);
-            }
+    pub(crate) fn new() -> Self {
+        ReleaseSinks {
+            sinks: Arc::default(),
+            origin: crate::model::new_version().into(),
         }
     }
 
-    /// The notice of a release of `key` (a mutex key, or a permit's semaphore key).
+    /// This store instance's name in the notices it sends.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub(crate) fn add(&self, sink: ReleaseSink) {
+        self.sinks.lock().push(sink);
+    }
+
+    /// Hands a notice, as it came from the store, to every sink, unless it is our own.
+    pub(crate) fn deliver(&self, payload: &str) {
+        let mut fields = payload.split('\u{1f}');
+        let (Some(tenant), Some(key), origin) = (fields.next(), fields.next(), fields.next())
+        else {
+            return;
+        };
+        if origin == Some(&*self.origin) {
+            return;
+        }
+        for sink in self.sinks.lock().iter() {
+            sink(tenant, key);
+        }
+    }
+
+    /// Our notice of a release of `key` (a mutex key, or a permit's semaphore key).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn payload(tenant: &str, key: &str) -> String {
-        format!("{tenant}\u{1f}{key}")
+    pub(crate) fn payload(&self, tenant: &str, key: &str) -> String {
+        format!("{tenant}\u{1f}{key}\u{1f}{}", self.origin)
     }
 }
 

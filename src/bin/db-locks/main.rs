@@ -271,8 +271,8 @@ fn acquire_options(a: &AcquireArgs) -> AcquireLockOptions {
 
 fn acquire(s: &Session, a: &AcquireArgs) -> Result<u8, Exit> {
     let mut opts = acquire_options(a);
-    let wait = default_wait(&s.manager, &opts, a.wait)?;
-    opts.wait = Some(wait);
+    let wait = default_wait(&s.manager, &opts, a.wait);
+    opts.wait = wait;
     let lock = waiting::acquire(wait, awaited(&s.manager, &opts), || {
         s.manager.acquire_lock(&opts)
     })?;
@@ -404,41 +404,47 @@ fn run_options(a: &RunArgs) -> AcquireLockOptions {
 
 fn run(s: &Session, a: &RunArgs) -> Result<u8, Exit> {
     let opts = run_options(a);
-    let wait = default_wait(&s.manager, &opts, a.wait)?;
+    let wait = default_wait(&s.manager, &opts, a.wait);
     let m = &s.manager;
+    let started = std::time::Instant::now();
     let guard: Option<LeaseGuard> = waiting::acquire(wait, awaited(m, &opts), || {
         if a.semaphore {
             let mut permit = PermitOptions::new();
             permit.lease = a.lease;
             permit.data = a.data.clone();
-            Ok(m.try_acquire_permit_for(&a.key, wait, &permit)?
-                .map(Into::into))
+            match wait {
+                Some(wait) => Ok(m
+                    .try_acquire_permit_for(&a.key, wait, &permit)?
+                    .map(Into::into)),
+                // The semaphore's lease, read by the library only if every permit is busy.
+                None => Ok(Some(m.acquire_permit(&a.key, &permit)?.into())),
+            }
         } else {
             let mut lock = LockOptions::new();
             lock.lease = a.lease;
             lock.data = a.data.clone();
+            let wait = wait.unwrap_or_else(|| m.default_wait(a.lease));
             Ok(m.try_lock_for(&a.key, wait, &lock)?.map(Into::into))
         }
     })?;
     let guard = guard.ok_or_else(|| LockError::NotGranted {
         key: a.key.clone(),
-        waited_ms: wait.as_millis() as u64,
+        waited_ms: started.elapsed().as_millis() as u64,
     })?;
     run::run(guard, a)
 }
 
-/// The wait when `-w` is not given: the manager's default for this lease (for a permit, one
-/// read of the semaphore, which also fails early if it does not exist).
+/// The wait when `-w` is not given: the manager's default for this lease. `None` for a permit
+/// without a lease: the semaphore's lease, which the library reads only if it has to wait.
 fn default_wait(
     manager: &LockManager,
     opts: &AcquireLockOptions,
     wait: Option<Duration>,
-) -> Result<Duration, LockError> {
-    if opts.requires_semaphore {
-        let default = manager.permit_default_wait(&opts.key, opts.lease_duration)?;
-        Ok(wait.unwrap_or(default))
-    } else {
-        Ok(wait.unwrap_or_else(|| manager.default_wait(opts.lease_duration)))
+) -> Option<Duration> {
+    match (wait, opts.requires_semaphore, opts.lease_duration) {
+        (Some(wait), _, _) => Some(wait),
+        (None, true, None) => None,
+        (None, _, lease) => Some(manager.default_wait(lease)),
     }
 }
 

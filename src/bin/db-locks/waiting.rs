@@ -24,7 +24,7 @@ impl Indicator {
     fn start(
         describe: impl FnOnce() -> String + Send + 'static,
         started: Instant,
-        wait: Duration,
+        wait: Option<Duration>,
     ) -> Option<Indicator> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let thread = std::thread::Builder::new()
@@ -39,12 +39,15 @@ impl Indicator {
                 let what = describe();
                 loop {
                     let mut err = std::io::stderr().lock();
-                    let _ = write!(
-                        err,
-                        "\r\x1b[2Kdb-locks: waiting for {what} ({}s of {}s)",
-                        started.elapsed().as_secs(),
-                        wait.as_secs_f64().ceil() as u64
-                    );
+                    let elapsed = started.elapsed().as_secs();
+                    let _ = match wait {
+                        Some(wait) => write!(
+                            err,
+                            "\r\x1b[2Kdb-locks: waiting for {what} ({elapsed}s of {}s)",
+                            wait.as_secs_f64().ceil() as u64
+                        ),
+                        None => write!(err, "\r\x1b[2Kdb-locks: waiting for {what} ({elapsed}s)"),
+                    };
                     let _ = err.flush();
                     drop(err);
                     if !matches!(
@@ -73,14 +76,14 @@ impl Drop for Indicator {
     }
 }
 
-/// Runs `wait_for` (the library's wait loop, waiting up to `wait`), showing what it waits
-/// for while it does, if stderr is a terminal.
+/// Runs `wait_for` (the library's wait loop, waiting up to `wait`; `None`: as long as the
+/// library's default), showing what it waits for while it does, if stderr is a terminal.
 pub fn acquire<T>(
-    wait: Duration,
+    wait: Option<Duration>,
     describe: impl FnOnce() -> String + Send + 'static,
     wait_for: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let _indicator = if std::io::stderr().is_terminal() && !wait.is_zero() {
+    let _indicator = if std::io::stderr().is_terminal() && wait != Some(Duration::ZERO) {
         Indicator::start(describe, Instant::now(), wait)
     } else {
         None

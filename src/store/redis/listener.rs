@@ -1,4 +1,5 @@
-//! Redis release notices: every release script also `PUBLISH`es `tenant \x1f key` on the
+//! Redis release notices: every release script also `PUBLISH`es `tenant \x1f key \x1f origin`
+//! (`origin` names the store instance, whose own notices are skipped) on the
 //! channel `P:released`, and one subscriber connection per store, opened by the first waiter,
 //! hands the notices to the waiters.
 //!
@@ -31,10 +32,15 @@ impl Listener {
             client,
             channel: channel.to_owned(),
             connect_timeout,
-            sinks: ReleaseSinks::default(),
+            sinks: ReleaseSinks::new(),
             started: Once::new(),
             stop: Arc::default(),
         }
+    }
+
+    /// The notice of a release of `key` by this store.
+    pub(crate) fn payload(&self, tenant: &str, key: &str) -> String {
+        self.sinks.payload(tenant, key)
     }
 
     /// Adds `sink`, and starts the subscriber thread if it is not running yet.

@@ -73,8 +73,8 @@ use std::time::{Duration, Instant};
 use redis::{Script, Value};
 
 use super::{
-    AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, ReleaseSink, ReleaseSinks,
-    RenewRequest, Target,
+    AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, ReleaseSink, RenewRequest,
+    Target,
 };
 use crate::config::LocksConfig;
 use crate::error::{LockError, Redactor, Result};
@@ -700,7 +700,7 @@ impl LeaseStore for RedisStore {
                         .arg(data)
                         .arg(in_doubt)
                         .arg(&self.keys.released)
-                        .arg(ReleaseSinks::payload(req.tenant_id, key))
+                        .arg(self.listener.payload(req.tenant_id, key))
                         .invoke(c)
                 })?
             }
@@ -720,7 +720,7 @@ impl LeaseStore for RedisStore {
                         .arg(data)
                         .arg(in_doubt)
                         .arg(&self.keys.released)
-                        .arg(ReleaseSinks::payload(req.tenant_id, semaphore))
+                        .arg(self.listener.payload(req.tenant_id, semaphore))
                         .invoke(c)
                 })?
             }

@@ -1,5 +1,6 @@
 //! PostgreSQL release notices: every release statement also runs
-//! `pg_notify('db_locks_released', tenant || chr(31) || key)` (see `statements.rs`), and one
+//! `pg_notify('db_locks_released', tenant || chr(31) || key || chr(31) || origin)` (see
+//! `statements.rs`; `origin` names the store instance, whose own notices are skipped), and one
 //! `LISTEN` connection per store, opened by the first waiter, hands the notices to the waiters.
 //!
 //! Notices are hints (`crate::wakeups`): a notice lost while the listener reconnects costs a
@@ -35,10 +36,15 @@ impl Listener {
         Listener {
             url: url.to_owned(),
             connect_timeout,
-            sinks: ReleaseSinks::default(),
+            sinks: ReleaseSinks::new(),
             started: Once::new(),
             stop: Arc::default(),
         }
+    }
+
+    /// This store's name in the notices its releases send.
+    pub(crate) fn origin(&self) -> &str {
+        self.sinks.origin()
     }
 
     /// Adds `sink`, and starts the listening thread if it is not running yet.

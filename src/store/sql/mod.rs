@@ -644,6 +644,15 @@ impl SqlStore {
         suspect_if_retryable(classify(&e, conn.last_error(), &self.redactor))
     }
 
+    /// This store's name in its release notices (PostgreSQL).
+    fn origin(&self) -> &str {
+        #[cfg(feature = "postgres")]
+        if let Some(listener) = &self.listener {
+            return listener.origin();
+        }
+        ""
+    }
+
     fn is_mysql(&self) -> bool {
         self.sql.dialect == Dialect::Mysql
     }
@@ -779,6 +788,7 @@ impl LeaseStore for SqlStore {
             Param::Text(req.version),
             Param::Text(req.in_doubt_version.unwrap_or(req.version)),
             Param::OptText(req.data),
+            Param::Text(self.origin()),
         ];
         // Permit slots stay: they carry the slot's fencing token and are part of the semaphore.
         let release = match (req.target, req.delete) {

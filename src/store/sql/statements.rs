@@ -14,14 +14,14 @@
 pub(crate) const RELEASE_CHANNEL: &str = "db_locks_released";
 
 /// On PostgreSQL, `text` (an `UPDATE` or `DELETE` that releases a lease) also notifies
-/// [`RELEASE_CHANNEL`] with `tenant \x1f key` when it releases something: the waiters of
-/// other processes wake at once. `key` is the parameter naming what they wait for. The
-/// notice is sent when the statement commits, by the same round trip.
+/// [`RELEASE_CHANNEL`] with `tenant \x1f key \x1f origin` ($7) when it releases something:
+/// the waiters of other processes wake at once. `key` is the parameter naming what they wait
+/// for. The notice is sent when the statement commits, by the same round trip.
 fn notify_release(dialect: Dialect, text: &str, key: &str) -> String {
     match dialect {
         Dialect::Postgres => format!(
             "WITH released AS ({text}\nRETURNING 1)\n\
-             SELECT pg_notify('{RELEASE_CHANNEL}', $1 || chr(31) || {key}) FROM released"
+             SELECT pg_notify('{RELEASE_CHANNEL}', $1 || chr(31) || {key} || chr(31) || $7) FROM released"
         ),
         Dialect::Sqlite | Dialect::Mysql => text.to_owned(),
     }
@@ -166,17 +166,18 @@ pub(crate) struct Statements {
     /// As `renew_mutex`, for a permit slot ($2 its semaphore key).
     pub(crate) renew_permit: Statement,
     /// MySQL only (no RETURNING): reads back the mutex or permit a mutex acquire or a renewal
-    /// just wrote. Params: $1 tenant, $2 semaphore key ('' for a mutex), $3 key, $4 version.
+    /// just wrote. MariaDB has `INSERT ... RETURNING`, but its prepare does not describe the
+    /// result (diesel then fails with "No metadata exists"), and diesel prepares every query. Params: $1 tenant, $2 semaphore key ('' for a mutex), $3 key, $4 version.
     pub(crate) select_by_key_version: Statement,
     /// MySQL only: reads back the permit `acquire_permit` or `regrant_permit` just wrote, on
     /// the same connection. Params: $1 tenant, $2 semaphore key, $3 version.
     pub(crate) select_permit_by_version: Statement,
     /// Params: $1 tenant, $2 semaphore key (''), $3 key, $4 version, $5 in-doubt version,
-    /// $6 data.
+    /// $6 data, $7 origin (PostgreSQL's release notice).
     pub(crate) release_mutex: Statement,
     /// As `release_mutex`, for a permit slot ($2 its semaphore key).
     pub(crate) release_permit: Statement,
-    /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version, $5 in-doubt version.
+    /// Params: $1 tenant, $2 semaphore key, $3 key, $4 version, $5 in-doubt version, $7 origin.
     pub(crate) release_delete: Statement,
     /// Params: $1 tenant, $2 key.
     pub(crate) get_mutex: Statement,
