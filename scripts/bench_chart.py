@@ -179,12 +179,12 @@ def handoff_chart(results, labels, stores, path):
     ]
     if not values or not settings:
         return False
-    lo = 10 ** math.floor(math.log10(min(values)))
+    lo = 10 ** math.floor(math.log10(min(values) / 3))
     hi = 10 ** math.ceil(math.log10(max(values)))
     if hi <= lo:
         hi = lo * 10
 
-    panel_w = max(250, 62 * len(settings) + 12 * len(settings) * len(labels))
+    panel_w = max(240, 54 * len(settings) + 12 * len(settings) * len(labels))
     left, top, plot_h = 70, 80, 320
     width = left + panel_w * len(stores) + 190
     height = top + plot_h + 50
