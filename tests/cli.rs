@@ -1656,6 +1656,45 @@ mod usage {
         assert_eq!(ctx.json(&["list"]), Value::Array(vec![]));
     }
 
+    /// `bench` on an in-memory SQLite database: separate connects do not share it, so the
+    /// `processes` hand-offs are skipped, with the reason, and the rest is measured.
+    #[test]
+    fn bench_in_memory_skips_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = [
+            "--database-url",
+            ":memory:",
+            "--json",
+            "bench",
+            "-n",
+            "3",
+            "--contended-secs",
+            "0.1",
+            "--threads",
+            "2",
+            "--handoff-waiters",
+            "1",
+            "--semaphore-size",
+            "1",
+        ];
+        let mut cmd = bare_cmd(dir.path());
+        cmd.args(args);
+        let out = exec(cmd);
+        expect_code(&out, 0, &args);
+        let report = parse_json_line(&out);
+        let handoff = &report["handoff"];
+        assert_eq!(
+            handoff["threads"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        assert_eq!(handoff["processes"], Value::Array(vec![]), "{report}");
+        assert!(
+            s(&handoff["processes_skipped"]).contains("do not share"),
+            "{report}"
+        );
+    }
+
     /// `bench` checks its arguments before connecting: exit 2, nothing printed or created.
     #[test]
     fn bench_bad_input_is_usage_error() {

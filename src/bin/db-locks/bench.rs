@@ -312,6 +312,8 @@ pub struct Report {
     pub permit_cycle: Stats,
     pub handoff_hold: Duration,
     pub handoff: Vec<Handoff>,
+    /// Why the `processes` hand-offs were not measured, if they were not.
+    pub processes_skipped: Option<String>,
     pub contended: Contended,
     /// `None` on stores without one.
     pub baseline: Option<Baseline>,
@@ -417,14 +419,27 @@ fn measure_all(
     let others = (0..=most_waiters)
         .map(|_| LockManager::connect(config))
         .collect::<Result<Vec<_>, _>>()?;
-    for &waiters in &args.handoff_waiters {
-        handoff.push(handoff_setting(
-            Sharing::Processes,
-            &others[..waiters as usize + 1],
-            &keys.handoff,
-            n,
-            args.handoff_hold,
-        )?);
+    // The threads left the hand-off mutex behind: a connect that cannot see it has a store of
+    // its own (an in-memory SQLite database), and no waiter of it would ever wait.
+    let mut processes_skipped = None;
+    for other in &others {
+        if other.get_mutex(&keys.handoff)?.is_none() {
+            processes_skipped = Some(
+                "separate connects do not share this store (an in-memory database?)".to_owned(),
+            );
+            break;
+        }
+    }
+    if processes_skipped.is_none() {
+        for &waiters in &args.handoff_waiters {
+            handoff.push(handoff_setting(
+                Sharing::Processes,
+                &others[..waiters as usize + 1],
+                &keys.handoff,
+                n,
+                args.handoff_hold,
+            )?);
+        }
     }
 
     // Contended: 1 thread first, then --threads and the sweep, ascending.
@@ -453,6 +468,7 @@ fn measure_all(
         permit_cycle,
         handoff_hold: args.handoff_hold,
         handoff,
+        processes_skipped,
         contended,
         baseline,
     })

@@ -411,14 +411,18 @@ fn handoff_json(r: &Report, config: &LocksConfig) -> Value {
             .map(entry)
             .collect::<Vec<_>>()
     };
-    json!({
+    let mut v = json!({
         "api": "record",
         "hold_ms": round3(r.handoff_hold.as_secs_f64() * 1e3),
         "retry_base_ms": round3(config.retry_base.as_secs_f64() * 1e3),
         "retry_max_ms": round3(config.retry_max.as_secs_f64() * 1e3),
         "threads": of(Sharing::Threads),
         "processes": of(Sharing::Processes),
-    })
+    });
+    if let Some(why) = &r.processes_skipped {
+        v["processes_skipped"] = json!(why);
+    }
+    v
 }
 
 fn baseline_json(r: &Report) -> Option<Value> {
@@ -572,6 +576,9 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
     };
     for h in &r.handoff {
         handoff_row(&mut s, h.sharing.name(), h.waiters.to_string(), &h.latency);
+    }
+    if let Some(why) = &r.processes_skipped {
+        let _ = writeln!(s, "{:10}  {:>7}  n/a: {why}", "processes", "-");
     }
     if let Some(b) = &r.baseline {
         handoff_row(&mut s, "baseline", "1".to_owned(), &b.handoff);
