@@ -1023,6 +1023,7 @@ fn bench_baseline(backend: Backend, kind: &str, ratio_field: &str) {
     // figures from the unlock's start must be positive.
     for (part, stats, positive) in [
         ("cycle", &b["cycle"], true),
+        ("raw_write", &b["raw_write"], true),
         ("handoff", &b["handoff"], false),
         (
             "handoff.from_release_call",
@@ -1037,6 +1038,12 @@ fn bench_baseline(backend: Backend, kind: &str, ratio_field: &str) {
     num(&b["cycle"]["ratio_to_round_trip"], "baseline ratio");
     assert!(b["handoff"]["early"].as_u64().is_some(), "{report}");
     assert!(num(&report["acquire_release"][ratio_field], ratio_field) > 0.0);
+    assert!(
+        num(
+            &report["acquire_release"]["raw_efficiency"],
+            "raw_efficiency"
+        ) > 0.0
+    );
     assert!(num(&report["guard_cycle"][ratio_field], ratio_field) > 0.0);
     for sharing in ["threads", "processes"] {
         let row = &report["handoff"][sharing][0];

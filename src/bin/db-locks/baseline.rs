@@ -7,6 +7,11 @@
 //! * Redis: `SET key value NX PX 30000` and a compare-and-delete script. Redis has no
 //!   blocking lock, so the waiter of a hand-off polls `SET NX` every [`POLL`].
 //!
+//! Both also measure `raw_write`: one committed single-statement write by primary key through
+//! the same client library (PostgreSQL: `UPDATE … RETURNING` of the benchmark's own mutex row,
+//! on a plain session; Redis: `HSET`), the floor of any acquire or release. An uncontended
+//! acquire + release is two writes: `raw_efficiency` = 2 × raw_write / acquire_release.
+//!
 //! Other stores have no baseline: [`measure`] answers `None`.
 
 use std::time::Duration;
@@ -70,6 +75,8 @@ pub struct Baseline {
     pub kind: BaselineKind,
     /// Lock + unlock on one connection, uncontended.
     pub cycle: Stats,
+    /// One committed single-statement write by primary key, through the same client.
+    pub raw_write: Stats,
     /// From the holder's unlock (its return, and its start) to the waiter's lock returning.
     pub handoff: HandoffLatency,
     /// Redis: the waiter's poll period.
@@ -77,17 +84,19 @@ pub struct Baseline {
 }
 
 /// The baseline of the store `config` names, measured `n` times (after a few unmeasured
-/// rounds), with `key` naming what it locks; `None` for stores without one.
+/// rounds), with `key` naming what it locks and `mutex` the benchmark's own mutex (which must
+/// exist: the raw writes touch its row); `None` for stores without one.
 pub fn measure(
     config: &LocksConfig,
     key: &str,
+    mutex: &str,
     n: u64,
     hold: Duration,
 ) -> Result<Option<Baseline>, Exit> {
     #[cfg(feature = "postgres")]
     if matches!(config.provider, Provider::Rdb) {
         if let Some(url) = config.database_url.as_deref().filter(|u| is_postgres(u)) {
-            return advisory::measure(url, key, n).map(Some);
+            return advisory::measure(url, key, &config.tenant_id, mutex, n).map(Some);
         }
     }
     #[cfg(feature = "redis")]
@@ -95,7 +104,7 @@ pub fn measure(
         let key = format!("{}:bench:{key}", config.redis_key_prefix);
         return set_nx::measure(&config.redis_url, &key, n, hold).map(Some);
     }
-    let _ = (config, key, n, hold);
+    let _ = (config, key, mutex, n, hold);
     Ok(None)
 }
 
@@ -126,7 +135,9 @@ mod advisory {
 
     use diesel::pg::PgConnection;
     use diesel::sql_types::{BigInt, Integer};
-    use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
+    use diesel::{
+        Connection, ExpressionMethods, QueryDsl, QueryResult, QueryableByName, RunQueryDsl,
+    };
 
     use super::{Baseline, BaselineKind, WAITER_TIMEOUT, WARM_UP};
     use crate::bench::{measure as measure_op, HandoffLatency, HandoffSamples, HandoffTimes};
@@ -144,18 +155,31 @@ mod advisory {
         n: i64,
     }
 
+    // Declared to diesel so that each statement stays prepared on the session (as the store's
+    // own statements do): the baseline pays no parse and plan per run either.
+    diesel::define_sql_function! {
+        /// Returns `void`; `execute` never reads it, so any SQL type will do.
+        fn pg_advisory_lock(key: BigInt) -> Bool;
+    }
+    diesel::define_sql_function! { fn pg_advisory_unlock(key: BigInt) -> Bool; }
+
+    diesel::table! {
+        /// The columns of the store's mutex table that the raw write touches.
+        db_locks_mutexes (tenant_id, semaphore_key, mutex_key) {
+            tenant_id -> Text,
+            semaphore_key -> Text,
+            mutex_key -> Text,
+            fencing_token -> BigInt,
+            updated_at_ms -> BigInt,
+        }
+    }
+
     fn lock(c: &mut PgConnection, id: i64) -> QueryResult<()> {
-        diesel::sql_query("SELECT pg_advisory_lock($1)")
-            .bind::<BigInt, _>(id)
-            .execute(c)
-            .map(drop)
+        diesel::select(pg_advisory_lock(id)).execute(c).map(drop)
     }
 
     fn unlock(c: &mut PgConnection, id: i64) -> QueryResult<()> {
-        diesel::sql_query("SELECT pg_advisory_unlock($1)")
-            .bind::<BigInt, _>(id)
-            .execute(c)
-            .map(drop)
+        diesel::select(pg_advisory_unlock(id)).execute(c).map(drop)
     }
 
     /// Whether session `pid` waits for an advisory lock.
@@ -173,7 +197,24 @@ mod advisory {
         Exit::other(format!("baseline pg_advisory_lock: {what}: {e}"))
     }
 
-    pub fn measure(url: &str, key: &str, n: u64) -> Result<Baseline, Exit> {
+    /// The benchmark's mutex row, written in place: a committed single-statement write
+    /// (`UPDATE … RETURNING`, prepared once).
+    fn raw_write(c: &mut PgConnection, tenant: &str, mutex: &str) -> QueryResult<()> {
+        use db_locks_mutexes::dsl;
+        diesel::update(dsl::db_locks_mutexes.find((tenant, "", mutex)))
+            .set(dsl::updated_at_ms.eq(dsl::updated_at_ms + 1))
+            .returning(dsl::fencing_token)
+            .get_result::<i64>(c)
+            .map(drop)
+    }
+
+    pub fn measure(
+        url: &str,
+        key: &str,
+        tenant: &str,
+        mutex: &str,
+        n: u64,
+    ) -> Result<Baseline, Exit> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
         let id = hasher.finish() as i64;
@@ -190,6 +231,8 @@ mod advisory {
             unlock(&mut holder, id)
         })
         .map_err(|e| failed("lock + unlock", e))?;
+        let raw_write = measure_op(WARM_UP, n, || raw_write(&mut holder, tenant, mutex))
+            .map_err(|e| failed("raw write", e))?;
 
         // The waiter thread takes the lock whenever told to, and reports when it had it.
         let handoff = std::thread::scope(|scope| -> Result<HandoffLatency, Exit> {
@@ -248,6 +291,7 @@ mod advisory {
         Ok(Baseline {
             kind: BaselineKind::Advisory,
             cycle,
+            raw_write,
             handoff,
             poll: None,
         })
@@ -325,6 +369,17 @@ mod set_nx {
                 .map_err(|e| failed("compare-and-delete", e))?;
             expect(deleted, "compare-and-delete")
         })?;
+        let raw_key = format!("{key}:raw");
+        let raw_write = measure_op(WARM_UP, n, || -> Result<(), Exit> {
+            redis::cmd("HSET")
+                .arg(&raw_key)
+                .arg("n")
+                .arg(1)
+                .query::<i64>(&mut holder)
+                .map(drop)
+                .map_err(|e| failed("raw write", e))
+        })?;
+        let _: RedisResult<i64> = redis::cmd("DEL").arg(&raw_key).query(&mut holder);
 
         let handoff = std::thread::scope(|scope| -> Result<HandoffLatency, Exit> {
             let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -402,6 +457,7 @@ mod set_nx {
         Ok(Baseline {
             kind: BaselineKind::SetNx,
             cycle,
+            raw_write,
             handoff,
             poll: Some(POLL),
         })

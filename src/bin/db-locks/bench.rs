@@ -456,7 +456,7 @@ fn measure_all(
         runs,
     };
 
-    let baseline = baseline::measure(config, &keys.baseline, n, args.handoff_hold)?;
+    let baseline = baseline::measure(config, &keys.baseline, &keys.mutex, n, args.handoff_hold)?;
 
     Ok(Report {
         iterations: n,

@@ -425,6 +425,11 @@ fn handoff_json(r: &Report, config: &LocksConfig) -> Value {
     v
 }
 
+/// Two raw single-statement writes over one acquire + release (1.0: nothing but the writes).
+fn raw_efficiency(r: &Report, b: &crate::baseline::Baseline) -> f64 {
+    2.0 * b.raw_write.mean_us / r.acquire_release.mean_us
+}
+
 fn baseline_json(r: &Report) -> Option<Value> {
     let b = r.baseline.as_ref()?;
     let mut handoff = handoff_latency_json(&b.handoff, &r.round_trip);
@@ -434,6 +439,7 @@ fn baseline_json(r: &Report) -> Option<Value> {
     Some(json!({
         "kind": b.kind.name(),
         "cycle": stats_json(&b.cycle, Some(&r.round_trip)),
+        "raw_write": stats_json(&b.raw_write, Some(&r.round_trip)),
         "handoff": handoff,
     }))
 }
@@ -444,6 +450,7 @@ fn bench_json(r: &Report, config: &LocksConfig) -> Value {
     let mut guard_cycle = stats_json(&r.guard_cycle, Some(base));
     if let Some(b) = &r.baseline {
         acquire_release[b.kind.ratio_field()] = json!(round3(r.acquire_release.ratio_to(&b.cycle)));
+        acquire_release["raw_efficiency"] = json!(round3(raw_efficiency(r, b)));
         guard_cycle[b.kind.ratio_field()] = json!(round3(r.guard_cycle.ratio_to(&b.cycle)));
     }
     let mut permit_cycle = stats_json(&r.permit_cycle, Some(base));
@@ -638,6 +645,14 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
                     format!(
                         "acquire_release is {:.2}× this (means)",
                         r.acquire_release.ratio_to(&b.cycle)
+                    ),
+                ),
+                (
+                    "raw_write",
+                    &b.raw_write,
+                    format!(
+                        "one committed write by key; 2 of them are {:.2} of acquire_release",
+                        raw_efficiency(r, b)
                     ),
                 ),
                 (

@@ -48,8 +48,10 @@ pub(crate) struct Statement {
     pub(crate) pieces: Vec<String>,
     /// The parameter index of each occurrence, in text order.
     pub(crate) occurrences: Vec<usize>,
-    /// Keep it prepared on each connection (MySQL: otherwise every run prepares, executes and
-    /// closes the statement, two round trips). Off for texts built per call (slot batches).
+    /// Keep it prepared on each connection: otherwise every run is parsed and planned again
+    /// (PostgreSQL: about 0.1 ms of a 0.3 ms statement on loopback) or, on MySQL, prepared,
+    /// executed and closed (two round trips). Off for texts built per call (slot batches),
+    /// which would fill the cache.
     pub(crate) cache: bool,
 }
 
@@ -83,7 +85,7 @@ impl Statement {
             sql,
             pieces,
             occurrences: numbers.iter().map(|n| n - 1).collect(),
-            cache: dialect == Dialect::Mysql,
+            cache: true,
         }
     }
 }
@@ -658,7 +660,7 @@ mod tests {
         assert_eq!(pg.occurrences, vec![0, 1, 0]);
         assert_eq!(&pg.pieces[..3], ["SELECT ", ", ", ", "]);
         assert!(pg.pieces[3].starts_with(" FROM t WHERE x = CAST(EXTRACT"));
-        assert!(!pg.cache);
+        assert!(pg.cache);
         let lite = Statement::render(Dialect::Sqlite, t);
         assert!(lite.sql.starts_with("SELECT ?, ?, ?"));
         assert_eq!(lite.occurrences, vec![0, 1, 0]);
