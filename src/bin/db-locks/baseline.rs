@@ -10,7 +10,7 @@
 //! Both also measure `raw_write`: one committed single-statement write by primary key through
 //! the same client library (PostgreSQL: `UPDATE … RETURNING` of the benchmark's own mutex row,
 //! on a plain session; Redis: `HSET`), the floor of any acquire or release. An uncontended
-//! acquire + release is two writes: `raw_efficiency` = 2 × raw_write / acquire_release.
+//! acquire + release is two writes: `raw_efficiency` = 2 × raw_write / acquire_release (p50s).
 //!
 //! Other stores have no baseline: [`measure`] answers `None`.
 
@@ -99,8 +99,9 @@ pub fn measure(
             return advisory::measure(url, key, &config.tenant_id, mutex, n).map(Some);
         }
     }
+    // One plain server only (the baseline's client has none of the store's TLS settings).
     #[cfg(feature = "redis")]
-    if matches!(config.provider, Provider::Redis) {
+    if matches!(config.provider, Provider::Redis) && config.redis_url.starts_with("redis://") {
         let key = format!("{}:bench:{key}", config.redis_key_prefix);
         return set_nx::measure(&config.redis_url, &key, n, hold).map(Some);
     }

@@ -425,9 +425,10 @@ fn handoff_json(r: &Report, config: &LocksConfig) -> Value {
     v
 }
 
-/// Two raw single-statement writes over one acquire + release (1.0: nothing but the writes).
+/// Two raw single-statement writes over one acquire + release (1.0: nothing but the writes),
+/// by medians: a few slow outliers of either would sway means.
 fn raw_efficiency(r: &Report, b: &crate::baseline::Baseline) -> f64 {
-    2.0 * b.raw_write.mean_us / r.acquire_release.mean_us
+    2.0 * b.raw_write.p50_us / r.acquire_release.p50_us
 }
 
 fn baseline_json(r: &Report) -> Option<Value> {
