@@ -120,12 +120,10 @@ impl Redactor {
 
     /// Remembers the password of `url`, if it is a URL with one.
     pub fn add_url(&mut self, url: &str) {
-        let Some(raw) = url::Url::parse(url)
-            .ok()
-            .and_then(|u| u.password().map(str::to_owned))
-        else {
+        let Some(range) = password_range(url) else {
             return;
         };
+        let raw = url[range].to_owned();
         let decoded = url::form_urlencoded::parse(format!("p={raw}").as_bytes())
             .next()
             .map(|(_, v)| v.into_owned());
@@ -167,13 +165,25 @@ impl Redactor {
 
 /// `url` with its password (if any) replaced by `***`, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
+    match password_range(url) {
+        Some(range) if !range.is_empty() => {
+            format!("{}***{}", &url[..range.start], &url[range.end..])
         }
         _ => url.to_owned(),
     }
+}
+
+/// Where the password is in `url` (`scheme://user:password@host…`), by the generic syntax
+/// rather than a URL parser, so that host lists (`redis+cluster://u:p@h1:7001,h2:7002`) and
+/// any scheme are covered: the authority runs to the first `/`, `?` or `#`, its user part to
+/// its last `@`, and the password from the user part's first `:`.
+fn password_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    Some(start + colon + 1..start + at)
 }
 
 #[cfg(test)]
@@ -193,6 +203,11 @@ mod tests {
             "auth failed for *** and ***"
         );
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        let list = "redis+cluster://u:pw@h1:7001,h2:7002/";
+        assert_eq!(redact_url(list), "redis+cluster://u:***@h1:7001,h2:7002/");
+        assert_eq!(Redactor::for_url(list).clean("bad pw"), "bad ***");
+        assert_eq!(redact_url("redis://:pw@h/"), "redis://:***@h/");
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
     }
 
     proptest::proptest! {
