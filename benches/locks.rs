@@ -4,7 +4,8 @@
 //! pool, i.e. a raw round trip to the same server. Quote results as ratios to it, measured in
 //! the same run: these machines are shared and noisy.
 //!
-//! Stores: `DB_LOCKS_BENCH_STORES=sqlite,postgres,mysql,redis,dynamodb` (default `sqlite`),
+//! Stores: `DB_LOCKS_BENCH_STORES=sqlite,postgres,mysql,redis,dynamodb` (default `sqlite`; also
+//! `redis-tls`, `redis-sentinel`, `redis-cluster`, as `scripts/redis_topologies.sh` starts them),
 //! reached at the URLs the tests use (see tests/support/mod.rs), e.g.
 //! `DB_LOCKS_BENCH_STORES=sqlite,postgres cargo bench --all-features --bench locks`.
 
@@ -118,6 +119,46 @@ fn contended(c: &mut Criterion) {
                 },
             );
         }
+        group.finish();
+    }
+}
+
+/// 8 threads, each looping acquire + release on a mutex of its own tenant: the grant rate a
+/// store sustains when tenants spread over it (on a Redis Cluster, over its shards, since the
+/// tenant is the hash tag). Compare `tenants/redis-cluster` with `tenants/redis` of one run:
+/// `DB_LOCKS_BENCH_STORES=redis,redis-cluster cargo bench --all-features --bench locks -- tenants`.
+fn spread_tenants(c: &mut Criterion) {
+    const THREADS: usize = 8;
+    for (store, _) in managers() {
+        let backend = Backend::from_name(&store);
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let managers: Vec<LockManager> = (0..THREADS)
+            .map(|i| backend.manager(&format!("bench-{run}-tenant-{i}")))
+            .collect();
+        let mut group = c.benchmark_group(format!("tenants/{store}"));
+        group.sample_size(10);
+        group.bench_function("8_threads_8_tenants(per grant)", |b| {
+            let opts = AcquireLockOptionsBuilder::new("spread")
+                .with_lease_duration_secs(30)
+                .build();
+            b.iter_custom(|iters| {
+                let per_thread = iters.div_ceil(THREADS as u64);
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    for m in &managers {
+                        let opts = &opts;
+                        scope.spawn(move || {
+                            for _ in 0..per_thread {
+                                let lock = m.acquire_lock(opts).unwrap();
+                                m.release_lock(&lock.to_release_options()).unwrap();
+                            }
+                        });
+                    }
+                });
+                // `iters` grants in all (rounded up per thread): wall time per grant.
+                start.elapsed()
+            })
+        });
         group.finish();
     }
 }
@@ -339,6 +380,6 @@ fn semaphore_size(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = uncontended, contended, handoff, semaphore_size
+    targets = uncontended, contended, handoff, semaphore_size, spread_tenants
 }
 criterion_main!(benches);

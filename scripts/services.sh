@@ -3,7 +3,9 @@
 # listening, installing it first (Debian packages, PyPI) if it is missing:
 #   PostgreSQL 127.0.0.1:5432 (database `test`, trust auth for local TCP)
 #   MariaDB    127.0.0.1:3306 (root with an empty password, database `test`)
-#   Redis      127.0.0.1:6379
+#   Redis      127.0.0.1:6379, and (with `redis`, after the rest) the TLS, Sentinel and Cluster
+#              deployments of scripts/redis_topologies.sh (6380-6381, 6391-6392 and
+#              26391-26393, 7001-7006; state in /tmp/db-locks-redis)
 #   moto       127.0.0.1:8000 (a DynamoDB-compatible server from PyPI, run through
 #              scripts/moto_serialized.py so conditional writes are atomic, as on DynamoDB)
 # Usage: scripts/services.sh [postgres] [mysql] [redis] [dynamodb]   (default: all)
@@ -55,9 +57,19 @@ start_mysql() {
     ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD('') OR unix_socket;" 2>/dev/null || true
 }
 
+# redis-server (its binary lives in redis-tools, with redis-cli) and openssl, which
+# scripts/redis_topologies.sh uses for the TLS certificates.
+install_redis() {
+  local need=()
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v redis-cli >/dev/null || need+=(redis-tools)
+  command -v openssl >/dev/null || need+=(openssl)
+  [ ${#need[@]} -eq 0 ] || { log "installing ${need[*]}"; apt_install "${need[@]}"; }
+}
+
 start_redis() {
+  install_redis
   port_open 6379 && { log "Redis already running"; return 0; }
-  command -v redis-server >/dev/null || { log "installing Redis"; apt_install redis-server; }
   log "starting Redis"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir "$state_dir" --logfile "$state_dir/redis.log"
@@ -73,12 +85,16 @@ start_dynamodb() {
   wait_port 8000 moto
 }
 
+redis_topologies=
 for service in "${services[@]}"; do
   case "$service" in
     postgres) start_postgres ;;
     mysql | mariadb) start_mysql ;;
-    redis) start_redis ;;
+    redis) start_redis; redis_topologies=1 ;;
     dynamodb | ddb) start_dynamodb ;;
     *) log "unknown service $service (expected postgres, mysql, redis, dynamodb)"; exit 2 ;;
   esac
 done
+
+# Starts what is missing of them, heals what a failover test left behind, waits until healthy.
+[ -z "$redis_topologies" ] || "$(dirname "$0")/redis_topologies.sh" all

@@ -127,8 +127,22 @@ pub struct LocksConfig {
     pub retry_max: Duration,
     /// Create or upgrade the schema (tables) when the manager starts.
     pub run_migrations: bool,
-    /// `redis`: the server URL.
+    /// `redis`: where Redis is: `redis://` or `rediss://` (TLS) for one server,
+    /// `redis+sentinel://s1:26379,s2:26379/service` for the primary that Sentinel names,
+    /// `redis+cluster://n1:7000,n2:7000` for a Redis Cluster; `user:password@` before the
+    /// hosts for an ACL user (see the README's "Redis deployments").
     pub redis_url: String,
+    /// `redis`: a PEM file of the certificate authority that signed the servers'
+    /// certificates (`rediss…` URLs); `None`: the system's roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// `redis`: a PEM client certificate, for servers that require one (with
+    /// `redis_tls_client_key_file`).
+    pub redis_tls_client_cert_file: Option<PathBuf>,
+    /// `redis`: the PEM key of `redis_tls_client_cert_file`.
+    pub redis_tls_client_key_file: Option<PathBuf>,
+    /// `redis`: **for tests only**: accept any server certificate, unverified. Anyone on the
+    /// path can then read and forge every lock operation.
+    pub redis_tls_danger_accept_invalid_certs: bool,
     /// `redis`: prefix of every key.
     pub redis_key_prefix: String,
     /// `ddb`: endpoint override (DynamoDB Local, moto, ...); `None`: the AWS default chain.
@@ -166,6 +180,10 @@ impl Default for LocksConfig {
             retry_max: Duration::from_millis(500),
             run_migrations: true,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_tls_ca_file: None,
+            redis_tls_client_cert_file: None,
+            redis_tls_client_key_file: None,
+            redis_tls_danger_accept_invalid_certs: false,
             redis_key_prefix: "db-locks".into(),
             dynamodb_endpoint: None,
             dynamodb_region: None,

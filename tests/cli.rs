@@ -31,8 +31,37 @@ enum Backend {
     Mysql,
     #[allow(dead_code)]
     Redis,
+    /// Redis over TLS with a client certificate, a Sentinel group's primary, a Redis Cluster
+    /// (`scripts/redis_topologies.sh` starts them).
+    #[allow(dead_code)]
+    RedisTls,
+    #[allow(dead_code)]
+    RedisSentinel,
+    #[allow(dead_code)]
+    RedisCluster,
     #[allow(dead_code)]
     DynamoDb,
+}
+
+/// Where `scripts/redis_topologies.sh` keeps its servers' files (TLS certificates).
+fn redis_dir() -> PathBuf {
+    std::env::var_os("DB_LOCKS_REDIS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/db-locks-redis"))
+}
+
+/// The config-file lines a backend needs besides its URL.
+fn tls_settings(backend: Backend) -> String {
+    if backend != Backend::RedisTls {
+        return String::new();
+    }
+    let tls = redis_dir().join("tls");
+    format!(
+        "redis_tls_ca_file = {:?}\nredis_tls_client_cert_file = {:?}\nredis_tls_client_key_file = {:?}\n",
+        tls.join("ca.crt"),
+        tls.join("client.crt"),
+        tls.join("client.key")
+    )
 }
 
 impl Backend {
@@ -40,7 +69,9 @@ impl Backend {
     fn provider(self) -> &'static str {
         match self {
             Backend::Sqlite | Backend::Postgres | Backend::Mysql => "rdb",
-            Backend::Redis => "redis",
+            Backend::Redis | Backend::RedisTls | Backend::RedisSentinel | Backend::RedisCluster => {
+                "redis"
+            }
             Backend::DynamoDb => "ddb",
         }
     }
@@ -104,6 +135,26 @@ impl Ctx {
                 "--redis-url",
                 env("DB_LOCKS_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
             ),
+            // TLS files go into the config file below.
+            Backend::RedisTls => (
+                "--redis-url",
+                env("DB_LOCKS_TEST_REDIS_TLS_URL", "rediss://127.0.0.1:6381"),
+            ),
+            Backend::RedisSentinel => (
+                "--redis-url",
+                env(
+                    "DB_LOCKS_TEST_REDIS_SENTINEL_URL",
+                    "redis+sentinel://127.0.0.1:26391,127.0.0.1:26392,127.0.0.1:26393/db-locks-primary",
+                ),
+            ),
+            Backend::RedisCluster => (
+                "--redis-url",
+                env(
+                    "DB_LOCKS_TEST_REDIS_CLUSTER_URL",
+                    "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,\
+                     127.0.0.1:7004,127.0.0.1:7005,127.0.0.1:7006",
+                ),
+            ),
             Backend::DynamoDb => (
                 "--dynamodb-endpoint",
                 env("DB_LOCKS_TEST_DYNAMODB_ENDPOINT", "http://127.0.0.1:8000"),
@@ -113,7 +164,10 @@ impl Ctx {
         let config = dir.path().join("db-locks.toml");
         std::fs::write(
             &config,
-            "retry_base_ms = 5\nretry_max_ms = 50\nconnect_timeout_ms = 10000\n",
+            format!(
+                "retry_base_ms = 5\nretry_max_ms = 50\nconnect_timeout_ms = 10000\n{}",
+                tls_settings(backend)
+            ),
         )
         .unwrap();
         let ctx = Ctx {
@@ -1164,6 +1218,21 @@ mod postgres {
 #[cfg(feature = "mysql")]
 mod mysql {
     store_cases!(Backend::Mysql);
+}
+
+#[cfg(feature = "redis")]
+mod redis_tls {
+    store_cases!(Backend::RedisTls);
+}
+
+#[cfg(feature = "redis")]
+mod redis_sentinel {
+    store_cases!(Backend::RedisSentinel);
+}
+
+#[cfg(feature = "redis")]
+mod redis_cluster {
+    store_cases!(Backend::RedisCluster);
 }
 
 #[cfg(feature = "redis")]

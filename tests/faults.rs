@@ -354,6 +354,7 @@ fn through(b: Backend, proxy_port: u16, tenant: &str) -> LocksConfig {
             config.dynamodb_endpoint = Some(swap(config.dynamodb_endpoint.as_deref().unwrap()))
         }
         Backend::Sqlite => unreachable!("SQLite has no network"),
+        other => unreachable!("network faults are tested on one plain server, not {other:?}"),
     }
     config
 }
@@ -365,6 +366,7 @@ fn server_addr(b: Backend) -> std::net::SocketAddr {
         Backend::Redis => config.redis_url,
         Backend::DynamoDb => config.dynamodb_endpoint.unwrap(),
         Backend::Sqlite => unreachable!(),
+        other => unreachable!("network faults are tested on one plain server, not {other:?}"),
     };
     let parsed = url::Url::parse(&url).unwrap();
     format!(
@@ -519,6 +521,7 @@ fn run_over_a_stalled_server(b: Backend) {
             ]);
         }
         Backend::Sqlite => unreachable!(),
+        other => unreachable!("network faults are tested on one plain server, not {other:?}"),
     }
     cmd.args([
         "-t",

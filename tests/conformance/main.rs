@@ -83,5 +83,19 @@ with_all_cases!(conformance, postgres, crate::support::Backend::Postgres);
 with_all_cases!(conformance, mysql, crate::support::Backend::Mysql);
 #[cfg(feature = "redis")]
 with_all_cases!(conformance, redis, crate::support::Backend::Redis);
+#[cfg(feature = "redis")]
+with_all_cases!(conformance, redis_tls, crate::support::Backend::RedisTls);
+#[cfg(feature = "redis")]
+with_all_cases!(
+    conformance,
+    redis_sentinel,
+    crate::support::Backend::RedisSentinel
+);
+#[cfg(feature = "redis")]
+with_all_cases!(
+    conformance,
+    redis_cluster,
+    crate::support::Backend::RedisCluster
+);
 #[cfg(feature = "dynamodb")]
 with_all_cases!(conformance, dynamodb, crate::support::Backend::DynamoDb);

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod redis_topology;
 pub mod servers;
 
 use std::collections::HashMap;
@@ -30,6 +31,12 @@ pub enum Backend {
     Postgres,
     Mysql,
     Redis,
+    /// Redis over TLS with a client certificate (`scripts/redis_topologies.sh` starts it).
+    RedisTls,
+    /// The primary of a Sentinel group.
+    RedisSentinel,
+    /// A Redis Cluster of three primaries and three replicas.
+    RedisCluster,
     DynamoDb,
 }
 
@@ -40,8 +47,19 @@ impl Backend {
             Backend::Postgres => "postgres",
             Backend::Mysql => "mysql",
             Backend::Redis => "redis",
+            Backend::RedisTls => "redis-tls",
+            Backend::RedisSentinel => "redis-sentinel",
+            Backend::RedisCluster => "redis-cluster",
             Backend::DynamoDb => "dynamodb",
         }
+    }
+
+    /// Whether this is one of the Redis deployments.
+    pub fn is_redis(self) -> bool {
+        matches!(
+            self,
+            Backend::Redis | Backend::RedisTls | Backend::RedisSentinel | Backend::RedisCluster
+        )
     }
 
     pub fn from_name(name: &str) -> Backend {
@@ -50,6 +68,9 @@ impl Backend {
             "postgres" => Backend::Postgres,
             "mysql" => Backend::Mysql,
             "redis" => Backend::Redis,
+            "redis-tls" => Backend::RedisTls,
+            "redis-sentinel" => Backend::RedisSentinel,
+            "redis-cluster" => Backend::RedisCluster,
             "dynamodb" => Backend::DynamoDb,
             other => panic!("unknown backend {other}"),
         }
@@ -83,6 +104,29 @@ impl Backend {
             Backend::Redis => {
                 config.provider = Provider::Redis;
                 config.redis_url = env("DB_LOCKS_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+            }
+            Backend::RedisTls => {
+                config.provider = Provider::Redis;
+                config.redis_url = env("DB_LOCKS_TEST_REDIS_TLS_URL", "rediss://127.0.0.1:6381");
+                let tls = redis_topology::default_dir().join("tls");
+                config.redis_tls_ca_file = Some(tls.join("ca.crt"));
+                config.redis_tls_client_cert_file = Some(tls.join("client.crt"));
+                config.redis_tls_client_key_file = Some(tls.join("client.key"));
+            }
+            Backend::RedisSentinel => {
+                config.provider = Provider::Redis;
+                config.redis_url = env(
+                    "DB_LOCKS_TEST_REDIS_SENTINEL_URL",
+                    "redis+sentinel://127.0.0.1:26391,127.0.0.1:26392,127.0.0.1:26393/db-locks-primary",
+                );
+            }
+            Backend::RedisCluster => {
+                config.provider = Provider::Redis;
+                config.redis_url = env(
+                    "DB_LOCKS_TEST_REDIS_CLUSTER_URL",
+                    "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003,\
+                     127.0.0.1:7004,127.0.0.1:7005,127.0.0.1:7006",
+                );
             }
             Backend::DynamoDb => {
                 config.provider = Provider::Ddb;

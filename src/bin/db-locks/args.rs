@@ -72,7 +72,10 @@ pub struct GlobalOpts {
     )]
     pub database_url: Option<String>,
 
-    /// redis: the server URL [default: redis://127.0.0.1:6379]
+    /// redis: where Redis is: redis:// or rediss:// (TLS) for one server,
+    /// redis+sentinel://HOST:PORT,.../SERVICE for the primary Sentinel names,
+    /// redis+cluster://HOST:PORT,... for a Redis Cluster; USER:PASSWORD@ before the hosts for
+    /// an ACL user [default: redis://127.0.0.1:6379]
     #[arg(
         long,
         global = true,
@@ -81,6 +84,20 @@ pub struct GlobalOpts {
         value_name = "URL"
     )]
     pub redis_url: Option<String>,
+
+    /// redis: PEM file of the certificate authority of the servers' TLS certificates
+    /// [default: the system's roots]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// redis: PEM client certificate, for servers that require one (with
+    /// --redis-tls-client-key-file)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub redis_tls_client_cert_file: Option<PathBuf>,
+
+    /// redis: PEM key of --redis-tls-client-cert-file
+    #[arg(long, global = true, value_name = "FILE")]
+    pub redis_tls_client_key_file: Option<PathBuf>,
 
     /// ddb: endpoint override (DynamoDB Local, ...); region and credentials come from the AWS
     /// default chain

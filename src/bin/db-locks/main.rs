@@ -191,6 +191,21 @@ fn build_config(
     if let Some(url) = opt(&global.dynamodb_endpoint, matches, "dynamodb_endpoint") {
         config.dynamodb_endpoint = Some(url);
     }
+    for (flag, field) in [
+        (&global.redis_tls_ca_file, &mut config.redis_tls_ca_file),
+        (
+            &global.redis_tls_client_cert_file,
+            &mut config.redis_tls_client_cert_file,
+        ),
+        (
+            &global.redis_tls_client_key_file,
+            &mut config.redis_tls_client_key_file,
+        ),
+    ] {
+        if flag.is_some() {
+            field.clone_from(flag);
+        }
+    }
     Ok(config)
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use super::topology::Topology;
 use crate::store::{ReleaseSink, ReleaseSinks};
 
 /// How often the subscriber thread looks at whether its store is gone.
@@ -18,20 +19,18 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// The subscriber of one store.
 pub(crate) struct Listener {
-    client: redis::Client,
+    topology: Arc<Topology>,
     channel: String,
-    connect_timeout: Duration,
     sinks: ReleaseSinks,
     started: Once,
     stop: Arc<AtomicBool>,
 }
 
 impl Listener {
-    pub(crate) fn new(client: redis::Client, channel: &str, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(topology: Arc<Topology>, channel: &str) -> Self {
         Listener {
-            client,
+            topology,
             channel: channel.to_owned(),
-            connect_timeout,
             sinks: ReleaseSinks::new(),
             started: Once::new(),
             stop: Arc::default(),
@@ -47,12 +46,11 @@ impl Listener {
     pub(crate) fn watch(&self, sink: ReleaseSink) -> bool {
         self.sinks.add(sink);
         self.started.call_once(|| {
-            let (client, channel) = (self.client.clone(), self.channel.clone());
-            let (timeout, sinks, stop) =
-                (self.connect_timeout, self.sinks.clone(), self.stop.clone());
+            let (topology, channel) = (self.topology.clone(), self.channel.clone());
+            let (sinks, stop) = (self.sinks.clone(), self.stop.clone());
             let spawned = std::thread::Builder::new()
                 .name("db-locks-redis-subscribe".into())
-                .spawn(move || subscribe(&client, &channel, timeout, &sinks, &stop));
+                .spawn(move || subscribe(&topology, &channel, &sinks, &stop));
             if let Err(e) = spawned {
                 log::warn!("db-locks: cannot start the Redis subscriber, waiters poll: {e}");
             }
@@ -68,16 +66,10 @@ impl Drop for Listener {
 }
 
 /// Connects, subscribes and delivers until `stop`; reconnects after a failure.
-fn subscribe(
-    client: &redis::Client,
-    channel: &str,
-    connect_timeout: Duration,
-    sinks: &ReleaseSinks,
-    stop: &AtomicBool,
-) {
+fn subscribe(topology: &Topology, channel: &str, sinks: &ReleaseSinks, stop: &AtomicBool) {
     let mut warned = false;
     while !stop.load(Ordering::SeqCst) {
-        let mut conn = match client.get_connection_with_timeout(connect_timeout) {
+        let mut conn = match topology.subscriber() {
             Ok(conn) => conn,
             Err(e) => {
                 if !warned {

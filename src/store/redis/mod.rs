@@ -61,16 +61,18 @@
 //!   keys with a TTL, i.e. lock keys. (Acquire also checks the record's expiry, so an evicted
 //!   lock key alone does not grant a live lease twice.) Fencing counters stay after a mutex
 //!   or semaphore is deleted: one small key per name ever used.
-//! * **Topology.** The store talks to one server (Redis 6 or later). The hash tag keeps the
-//!   keys of each script in one slot, so the layout would also fit a cluster; there, all of
-//!   one tenant's keys would share one shard.
+//! * **Topology.** One server, the primary a Sentinel group names, or a Redis Cluster, over
+//!   TCP or TLS (Redis 6 or later; see `topology.rs`). The hash tag keeps the keys of each
+//!   script in one slot, so on a cluster all of one tenant's keys share one shard.
 
 mod listener;
+mod topology;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Script, Value};
+use redis::{ConnectionLike, Script, Value};
 
 use super::{
     AdminStore, LeaseStore, MutexRequest, PermitRequest, ReleaseRequest, ReleaseSink, RenewRequest,
@@ -97,11 +99,20 @@ struct Scripts {
     acquire_permit: Script,
     renew_permit: Script,
     release_permit: Script,
+    read_batch: Script,
+    /// Each script's text by its SHA1, to name what a refused line calls.
+    texts: HashMap<String, String>,
 }
 
 impl Scripts {
     fn new() -> Scripts {
-        let s = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        let mut texts = HashMap::new();
+        let mut s = |body: &str| {
+            let text = format!("{COMMON}\n{body}");
+            let script = Script::new(&text);
+            texts.insert(script.get_hash().to_owned(), text);
+            script
+        };
         Scripts {
             acquire_mutex: s(include_str!("lua/acquire_mutex.lua")),
             renew_mutex: s(include_str!("lua/renew_mutex.lua")),
@@ -113,10 +124,12 @@ impl Scripts {
             acquire_permit: s(include_str!("lua/acquire_permit.lua")),
             renew_permit: s(include_str!("lua/renew_permit.lua")),
             release_permit: s(include_str!("lua/release_permit.lua")),
+            read_batch: s(include_str!("lua/read_batch.lua")),
+            texts,
         }
     }
 
-    fn all(&self) -> [&Script; 10] {
+    fn all(&self) -> [&Script; 11] {
         [
             &self.acquire_mutex,
             &self.renew_mutex,
@@ -128,7 +141,48 @@ impl Scripts {
             &self.acquire_permit,
             &self.renew_permit,
             &self.release_permit,
+            &self.read_batch,
         ]
+    }
+}
+
+/// Reads sent together as one `read_batch` script: one request and one snapshot, like a
+/// `MULTI` pipeline, but also on a Redis Cluster (which takes neither pipelines nor `MULTI`).
+/// Every key must be of one tenant (one slot).
+#[derive(Default)]
+struct Batch {
+    keys: Vec<String>,
+    argv: Vec<String>,
+}
+
+impl Batch {
+    /// Adds `command key args…` (`key` `None`: a command without one, such as `TIME`).
+    fn read(mut self, command: &str, key: Option<&str>, args: &[&str]) -> Batch {
+        let count = 1 + usize::from(key.is_some()) + args.len();
+        self.argv.push(count.to_string());
+        self.argv.push(command.to_owned());
+        if let Some(key) = key {
+            self.keys.push(key.to_owned());
+            self.argv.push(key.to_owned());
+        }
+        self.argv.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Runs the reads; their replies convert as a pipeline's would.
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        c: &mut dyn ConnectionLike,
+    ) -> redis::RedisResult<T> {
+        let mut invocation = script.prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.argv {
+            invocation.arg(arg);
+        }
+        invocation.invoke(c)
     }
 }
 
@@ -142,22 +196,20 @@ type SlotsSnapshot = (
 /// A pooled connection, with a mark for one that failed mid-request: its stream may hold
 /// a late reply, so the pool drops it instead of handing it out again.
 struct Conn {
-    inner: redis::Connection,
+    inner: topology::AnyConnection,
     broken: bool,
     /// When it last went back to the pool.
     returned_at: Instant,
 }
 
-/// Opens connections with the connect timeout, then sets the I/O timeouts on them.
+/// Opens connections through the topology (with its connect and I/O timeouts).
 ///
 /// No PING per checkout: every operation stays one round trip. A connection that failed
 /// mid-request is dropped when it comes back; its failure also makes every connection that was
 /// idle at that moment suspect, and each of those is PINGed once at its next checkout, so a
 /// server restart costs one failed request, not one per pooled connection.
 struct ConnectionManager {
-    client: redis::Client,
-    connect_timeout: Duration,
-    io_timeout: Duration,
+    topology: Arc<topology::Topology>,
     /// When a connection last failed mid-request.
     lost_at: parking_lot::Mutex<Option<Instant>>,
 }
@@ -167,13 +219,8 @@ impl r2d2::ManageConnection for ConnectionManager {
     type Error = redis::RedisError;
 
     fn connect(&self) -> std::result::Result<Conn, redis::RedisError> {
-        let inner = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
-        inner.set_read_timeout(Some(self.io_timeout))?;
-        inner.set_write_timeout(Some(self.io_timeout))?;
         Ok(Conn {
-            inner,
+            inner: self.topology.connect()?,
             broken: false,
             returned_at: Instant::now(),
         })
@@ -187,14 +234,13 @@ impl r2d2::ManageConnection for ConnectionManager {
             .lock()
             .is_some_and(|lost| lost >= conn.returned_at);
         if suspect {
-            redis::cmd("PING").query::<()>(&mut conn.inner)?;
+            redis::cmd("PING").query::<()>(conn.inner.as_mut())?;
             conn.returned_at = Instant::now();
         }
         Ok(())
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        use redis::ConnectionLike;
         let now = Instant::now();
         conn.returned_at = now;
         let broken = conn.broken || !conn.inner.is_open();
@@ -303,6 +349,33 @@ fn flag(b: bool) -> &'static str {
     }
 }
 
+/// Whether the server refused a command or key to the connection's ACL user (also from
+/// inside a script).
+fn is_denied(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.code() == Some("NOPERM")
+        || text.contains("NOPERM")
+        || text.contains("no permissions")
+        || text.contains("can't run this command")
+}
+
+/// The command a script was refused, named from the script's own text: Redis says only
+/// "… can't run this command or subcommand script: <sha>, on @user_script:<line>".
+fn refused_script_command(scripts: &Scripts, message: &str) -> Option<String> {
+    let (_, after) = message.split_once("script: ")?;
+    let sha = after.get(..40)?;
+    let line: usize = after
+        .split_once("@user_script:")?
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let text = scripts.texts.get(sha)?.lines().nth(line.checked_sub(1)?)?;
+    let (_, call) = text.split_once("redis.call('")?;
+    Some(call.split('\'').next()?.to_ascii_uppercase())
+}
+
 fn unexpected(what: &str, value: &Value) -> LockError {
     LockError::Store(format!("unexpected reply from Redis to {what}: {value:?}"))
 }
@@ -318,6 +391,15 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// An integer value of a reply (integers, or text holding one).
+/// Every text in `v`, however nested (a cluster's INFO is a map of node to text).
+fn texts(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items.iter().flat_map(texts).collect(),
+        Value::Map(pairs) => pairs.iter().flat_map(|(_, v)| texts(v)).collect(),
+        other => text(other).into_iter().collect(),
+    }
+}
+
 fn integer(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
@@ -433,9 +515,11 @@ fn semaphore_from_items(
     }))
 }
 
-/// A lock store in Redis (one primary), reached through an r2d2 pool. See the module docs.
+/// A lock store in Redis (one server, Sentinel or Cluster), reached through an r2d2 pool.
+/// See the module docs.
 pub struct RedisStore {
     pool: r2d2::Pool<ConnectionManager>,
+    topology: Arc<topology::Topology>,
     keys: KeySpace,
     scripts: Scripts,
     redactor: Redactor,
@@ -460,16 +544,13 @@ impl RedisStore {
     pub fn connect(config: &LocksConfig) -> Result<RedisStore> {
         let redactor = Redactor::for_url(&config.redis_url);
         let url = crate::error::redact_url(&config.redis_url);
-        let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| {
-            LockError::Config(redactor.clean(format!("invalid Redis URL `{url}`: {e}")))
-        })?;
+        let topology = topology::Topology::from_config(config)
+            .map_err(|e| LockError::Config(redactor.clean(format!("Redis at `{url}`: {e}"))))?;
+        let topology = Arc::new(topology);
         let keys = KeySpace::new(&config.redis_key_prefix);
-        let listener =
-            listener::Listener::new(client.clone(), &keys.released, config.connect_timeout);
+        let listener = listener::Listener::new(topology.clone(), &keys.released);
         let manager = ConnectionManager {
-            client,
-            connect_timeout: config.connect_timeout,
-            io_timeout: config.io_timeout,
+            topology: topology.clone(),
             lost_at: parking_lot::Mutex::new(None),
         };
         // As the SQL pools: no connections opened on r2d2's background threads (min_idle 0),
@@ -486,6 +567,7 @@ impl RedisStore {
         })?;
         let store = RedisStore {
             pool,
+            topology,
             keys,
             scripts: Scripts::new(),
             redactor,
@@ -501,6 +583,15 @@ impl RedisStore {
     fn error(&self, e: redis::RedisError) -> LockError {
         use redis::{ErrorKind, ServerErrorKind};
         let msg = self.redactor.clean(format!("Redis at {}: {e}", self.url));
+        if is_denied(&e) {
+            let command = refused_script_command(&self.scripts, &e.to_string())
+                .map(|c| format!("the script calls {c}; "))
+                .unwrap_or_default();
+            return LockError::Store(format!(
+                "{msg} (the Redis user lacks a right db-locks needs: {command}the README's \
+                 \"Redis deployments\" gives the ACL rule for a tenant)"
+            ));
+        }
         let retryable = e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
@@ -530,7 +621,10 @@ impl RedisStore {
     /// A script invocation already reloads its script after `NOSCRIPT`; if the script cache is
     /// flushed again between that load and the retry, `NOSCRIPT` reaches us. The script did
     /// not run, so running `f` again is safe: up to three tries.
-    fn run<T>(&self, f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>) -> Result<T> {
+    ///
+    /// A connection whose server answers `READONLY` or `MASTERDOWN` was demoted by a failover:
+    /// it is dropped too, so the next one is opened to the new primary.
+    fn run<T>(&self, f: impl Fn(&mut dyn ConnectionLike) -> redis::RedisResult<T>) -> Result<T> {
         let mut conn = self.pool.get().map_err(|e| {
             LockError::Unavailable(
                 self.redactor
@@ -540,11 +634,17 @@ impl RedisStore {
         let mut tries = 0;
         loop {
             tries += 1;
-            match f(&mut conn.inner) {
+            match f(conn.inner.as_mut()) {
                 Ok(value) => return Ok(value),
                 Err(e) if e.code() == Some("NOSCRIPT") && tries < 3 => continue,
                 Err(e) => {
-                    if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() {
+                    let demoted = matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+                        )
+                    );
+                    if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() || demoted {
                         conn.broken = true;
                     }
                     return Err(self.error(e));
@@ -736,18 +836,28 @@ impl LeaseStore for RedisStore {
 impl AdminStore for RedisStore {
     /// Redis has no schema: checks that the server is recent enough and loads the scripts.
     fn migrate(&self) -> Result<()> {
-        let info: String = self.run(|c| redis::cmd("INFO").arg("server").query(c))?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
+        // A cluster answers with every node's INFO.
+        let info: Value = self.run(|c| redis::cmd("INFO").arg("server").query(c))?;
+        for version in texts(&info)
+            .iter()
+            .flat_map(|info| info.lines())
+            .filter_map(|l| l.strip_prefix("redis_version:"))
             .map(str::trim)
-            .unwrap_or("");
-        let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
-        if major.is_some_and(|m| m < MIN_REDIS_MAJOR) {
-            return Err(LockError::Store(format!(
-                "Redis {MIN_REDIS_MAJOR}.0 or later is required; the server at {} runs {version}",
-                self.url
-            )));
+        {
+            let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+            if major.is_some_and(|m| m < MIN_REDIS_MAJOR) {
+                return Err(LockError::Store(format!(
+                    "Redis {MIN_REDIS_MAJOR}.0 or later is required; the server at {} runs {version}",
+                    self.url
+                )));
+            }
+        }
+        if self.topology.is_cluster() {
+            // Each load goes to every primary: one request per script and primary.
+            for script in self.scripts.all() {
+                self.run(|c| script.load(c).map(drop))?;
+            }
+            return Ok(());
         }
         // All the loads in one pipeline: one more request.
         self.run(|c| {
@@ -839,20 +949,13 @@ impl AdminStore for RedisStore {
 
     fn semaphore_mutexes(&self, tenant_id: &str, key: &str) -> Result<Option<Vec<MutexLock>>> {
         let k = self.keys.semaphore(tenant_id, key);
-        // One consistent snapshot (MULTI/EXEC), one round trip.
-        let (record, slots, fence): SlotsSnapshot = self.run(|c| {
-            redis::pipe()
-                .atomic()
-                .cmd("HMGET")
-                .arg(&k.record)
-                .arg("max_size")
-                .arg("created_at_ms")
-                .cmd("HGETALL")
-                .arg(&k.slots)
-                .cmd("HGETALL")
-                .arg(&k.fence)
-                .query(c)
-        })?;
+        // One consistent snapshot, one round trip.
+        let batch = Batch::default()
+            .read("HMGET", Some(&k.record), &["max_size", "created_at_ms"])
+            .read("HGETALL", Some(&k.slots), &[])
+            .read("HGETALL", Some(&k.fence), &[]);
+        let (record, slots, fence): SlotsSnapshot =
+            self.run(|c| batch.query(&self.scripts.read_batch, c))?;
         let Some(max_size) = record.first().copied().flatten() else {
             return Ok(None);
         };
@@ -904,14 +1007,15 @@ impl AdminStore for RedisStore {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let records: Vec<HashMap<String, String>> = self.run(|c| {
-            let mut pipe = redis::pipe();
-            for name in &names {
-                pipe.cmd("HGETALL")
-                    .arg(self.keys.mutex(tenant_id, name).record);
-            }
-            pipe.query(c)
-        })?;
+        let batch = names.iter().fold(Batch::default(), |batch, name| {
+            batch.read(
+                "HGETALL",
+                Some(&self.keys.mutex(tenant_id, name).record),
+                &[],
+            )
+        });
+        let records: Vec<HashMap<String, String>> =
+            self.run(|c| batch.query(&self.scripts.read_batch, c))?;
         Ok(names
             .iter()
             .zip(records)
@@ -922,35 +1026,27 @@ impl AdminStore for RedisStore {
 
     fn list_semaphores(&self, tenant_id: &str) -> Result<Vec<Semaphore>> {
         let index = self.keys.semaphore_index(tenant_id);
-        let (names, (secs, micros)): (Vec<String>, (i64, i64)) = self.run(|c| {
-            redis::pipe()
-                .cmd("ZRANGE")
-                .arg(&index)
-                .arg(0)
-                .arg(-1)
-                .cmd("TIME")
-                .query(c)
-        })?;
+        let batch = Batch::default()
+            .read("ZRANGE", Some(&index), &["0", "-1"])
+            .read("TIME", None, &[]);
+        let (names, (secs, micros)): (Vec<String>, (i64, i64)) =
+            self.run(|c| batch.query(&self.scripts.read_batch, c))?;
         if names.is_empty() {
             return Ok(Vec::new());
         }
         let now_ms = secs * 1000 + micros / 1000;
-        let replies: Vec<Value> = self.run(|c| {
-            let mut pipe = redis::pipe();
-            for name in &names {
-                let k = self.keys.semaphore(tenant_id, name);
-                pipe.cmd("HMGET")
-                    .arg(&k.record)
-                    .arg("version")
-                    .arg("max_size")
-                    .arg("lease_ms")
-                    .cmd("ZCOUNT")
-                    .arg(&k.holders)
-                    .arg(format!("({now_ms}"))
-                    .arg("+inf");
-            }
-            pipe.query(c)
-        })?;
+        let after_now = format!("({now_ms}");
+        let batch = names.iter().fold(Batch::default(), |batch, name| {
+            let k = self.keys.semaphore(tenant_id, name);
+            batch
+                .read(
+                    "HMGET",
+                    Some(&k.record),
+                    &["version", "max_size", "lease_ms"],
+                )
+                .read("ZCOUNT", Some(&k.holders), &[&after_now, "+inf"])
+        });
+        let replies: Vec<Value> = self.run(|c| batch.query(&self.scripts.read_batch, c))?;
         let mut out = Vec::with_capacity(names.len());
         for (name, pair) in names.iter().zip(replies.chunks(2)) {
             let [Value::Array(fields), busy] = pair else {
