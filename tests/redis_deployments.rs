@@ -329,9 +329,11 @@ mod failover {
     #[derive(Default, Debug)]
     pub struct Tally {
         sections: AtomicU64,
-        /// Guards that held across the fault and still held at their end.
+        /// When the fault was injected.
+        fault_at: std::sync::OnceLock<Instant>,
+        /// Long holds that spanned the fault and still held the lease at their end.
         kept: AtomicU64,
-        /// Guards that reported their lease lost.
+        /// Guards that reported their lease lost (any, short or long).
         lost: AtomicU64,
         /// Of those, reported later than their local deadline plus a tolerance.
         late: AtomicU64,
@@ -413,7 +415,8 @@ mod failover {
                                 referee.section(&key, token, enter);
                                 tally.sections.fetch_add(1, Ordering::SeqCst);
                             }
-                            if long {
+                            let spanned = tally.fault_at.get().is_some_and(|&t| t > started);
+                            if long && spanned {
                                 tally.kept.fetch_add(1, Ordering::SeqCst);
                             }
                         }
@@ -436,6 +439,7 @@ mod failover {
         let threads = workload(&config, (&long, &short), &referee, &tally, &stop);
         thread::sleep(Duration::from_secs(3));
         let fault_started = Instant::now();
+        tally.fault_at.set(fault_started).unwrap();
         fault();
         eprintln!("{name}: the fault took {:?}", fault_started.elapsed());
         thread::sleep(Duration::from_secs(secs.saturating_sub(3)));
@@ -446,7 +450,7 @@ mod failover {
         }
         let refused = referee.state.lock().refused;
         eprintln!(
-            "{name}: {} critical sections, leases kept across the fault {}, reported lost {} \
+            "{name}: {} critical sections, long holds that kept their lease across the fault {}, leases reported lost {} \
              ({} late), stale writes refused by fencing {refused}, request errors {}, overlaps {}",
             tally.sections.load(Ordering::SeqCst),
             tally.kept.load(Ordering::SeqCst),
