@@ -27,8 +27,10 @@ impl Shared {
     pub(crate) fn watch_releases(&self) {
         self.watching.call_once(|| {
             let wakeups = self.wakeups.clone();
-            self.store
-                .watch_releases(Arc::new(move |tenant, key| wakeups.released(tenant, key)));
+            self.store.watch_releases(
+                &self.config.tenant_id,
+                Arc::new(move |tenant, key| wakeups.released(tenant, key)),
+            );
         });
     }
 

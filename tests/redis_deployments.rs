@@ -110,6 +110,31 @@ fn the_readme_acl_rule_is_all_a_tenant_needs() {
     let user = AclUser::new(&readme_rule(&tenant));
     let m = LockManager::connect(&user.config(&tenant)).expect("connects as the ACL user");
     exercise(&m).expect("the README's rule grants every right the library uses");
+
+    // The tenant's release notices reach a waiter of another process (whose polls are a
+    // minute apart) as that user: the rule grants the tenant's channel.
+    let mut sleepy = user.config(&tenant);
+    sleepy.retry_base = Duration::from_secs(60);
+    sleepy.retry_max = Duration::from_secs(60);
+    let waiter = LockManager::connect(&sleepy).unwrap();
+    let key = unique("acl-wake");
+    let held = m
+        .lock(&key, &LockOptions::new().lease(Duration::from_secs(30)))
+        .unwrap();
+    let waiting = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let granted = waiter
+            .try_lock_for(&key, Duration::from_secs(40), &LockOptions::new())
+            .unwrap();
+        (granted.is_some(), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    held.release().unwrap();
+    let (granted, waited) = waiting.join().unwrap();
+    assert!(
+        granted && waited < Duration::from_secs(20),
+        "waited {waited:?}"
+    );
 }
 
 #[test]

@@ -244,13 +244,14 @@ pub trait LeaseStore: Send + Sync + Debug + 'static {
     /// Requests: 1. Blocks: the I/O timeout.
     fn release(&self, req: &ReleaseRequest<'_>) -> Result<bool>;
 
-    /// Starts delivering notices of releases made through this store by anyone (other
-    /// processes included) to `sink`, on a thread and connection of the store's own, if the
-    /// store can push them; `false` if it cannot (waiters then poll). A notice is a hint: it
-    /// may be late, lost or duplicated. Called when a waiter first waits; later calls add
-    /// sinks. Requests: none on the caller's thread. Default: no push.
-    fn watch_releases(&self, sink: ReleaseSink) -> bool {
-        let _ = sink;
+    /// Starts delivering notices of releases of `tenant_id`'s locks made through this store
+    /// by anyone (other processes included) to `sink`, on a thread and connection of the
+    /// store's own, if the store can push them; `false` if it cannot (waiters then poll). A
+    /// notice is a hint: it may be late, lost or duplicated, and a sink may also get other
+    /// tenants' notices. Called when a manager's first waiter waits; later calls add sinks and
+    /// tenants. Requests: none on the caller's thread. Default: no push.
+    fn watch_releases(&self, tenant_id: &str, sink: ReleaseSink) -> bool {
+        let _ = (tenant_id, sink);
         false
     }
 }

@@ -255,8 +255,6 @@ impl r2d2::ManageConnection for ConnectionManager {
 #[derive(Debug, Clone)]
 struct KeySpace {
     prefix: String,
-    /// The channel every release publishes a notice on: `P:released`.
-    released: String,
 }
 
 /// `s` with `%`, `:`, `{` and `}` percent-encoded.
@@ -293,14 +291,17 @@ struct SemaphoreKeys {
 impl KeySpace {
     fn new(prefix: &str) -> KeySpace {
         let prefix = prefix.replace('{', "%7B").replace('}', "%7D");
-        KeySpace {
-            released: format!("{prefix}:released"),
-            prefix,
-        }
+        KeySpace { prefix }
     }
 
     fn tenant(&self, tenant: &str) -> String {
         format!("{}:{{{}}}", self.prefix, escape(tenant))
+    }
+
+    /// The channel the tenant's releases are announced on: `P:{T}:released`, in the
+    /// tenant's slot, so that an ACL user of one tenant needs no other tenant's channel.
+    fn released(&self, tenant: &str) -> String {
+        format!("{}:released", self.tenant(tenant))
     }
 
     fn mutex_index(&self, tenant: &str) -> String {
@@ -548,7 +549,7 @@ impl RedisStore {
             .map_err(|e| LockError::Config(redactor.clean(format!("Redis at `{url}`: {e}"))))?;
         let topology = Arc::new(topology);
         let keys = KeySpace::new(&config.redis_key_prefix);
-        let listener = listener::Listener::new(topology.clone(), &keys.released);
+        let listener = listener::Listener::new(topology.clone());
         let manager = ConnectionManager {
             topology: topology.clone(),
             lost_at: parking_lot::Mutex::new(None),
@@ -799,7 +800,7 @@ impl LeaseStore for RedisStore {
                         .arg(has_data)
                         .arg(data)
                         .arg(in_doubt)
-                        .arg(&self.keys.released)
+                        .arg(self.keys.released(req.tenant_id))
                         .arg(self.listener.payload(req.tenant_id, key))
                         .invoke(c)
                 })?
@@ -819,7 +820,7 @@ impl LeaseStore for RedisStore {
                         .arg(has_data)
                         .arg(data)
                         .arg(in_doubt)
-                        .arg(&self.keys.released)
+                        .arg(self.keys.released(req.tenant_id))
                         .arg(self.listener.payload(req.tenant_id, semaphore))
                         .invoke(c)
                 })?
@@ -828,8 +829,8 @@ impl LeaseStore for RedisStore {
         Ok(released == 1)
     }
 
-    fn watch_releases(&self, sink: ReleaseSink) -> bool {
-        self.listener.watch(sink)
+    fn watch_releases(&self, tenant_id: &str, sink: ReleaseSink) -> bool {
+        self.listener.watch(&self.keys.released(tenant_id), sink)
     }
 }
 

@@ -802,7 +802,8 @@ impl LeaseStore for SqlStore {
         })
     }
 
-    fn watch_releases(&self, sink: crate::store::ReleaseSink) -> bool {
+    /// One channel for every tenant (the notice names its tenant).
+    fn watch_releases(&self, _tenant_id: &str, sink: crate::store::ReleaseSink) -> bool {
         #[cfg(feature = "postgres")]
         if let Some(listener) = &self.listener {
             return listener.watch(sink);
