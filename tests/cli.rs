@@ -1223,6 +1223,51 @@ mod mysql {
 #[cfg(feature = "redis")]
 mod redis_tls {
     store_cases!(Backend::RedisTls);
+
+    /// The TLS files given as flags; without the CA, the server is not trusted (exit 1, one
+    /// line naming the certificate problem).
+    #[test]
+    fn tls_flags() {
+        let tls = redis_dir().join("tls");
+        let file = |name: &str| tls.join(name).display().to_string();
+        let key = unique("tls-flags");
+        let url = "rediss://127.0.0.1:6381";
+        let (ca, cert, client_key) = (file("ca.crt"), file("client.crt"), file("client.key"));
+        let args = [
+            "redis",
+            "--redis-url",
+            url,
+            "--redis-tls-ca-file",
+            &ca,
+            "--redis-tls-client-cert-file",
+            &cert,
+            "--redis-tls-client-key-file",
+            &client_key,
+            "-t",
+            "cli-tls",
+            "acquire",
+            "-k",
+            &key,
+            "-l",
+            "5",
+        ];
+        let out = Command::new(BIN).args(args).output().unwrap();
+        expect_code(&out, 0, &args);
+        let args = [
+            "redis",
+            "--redis-url",
+            url,
+            "acquire",
+            "-k",
+            &key,
+            "-l",
+            "5",
+        ];
+        let out = Command::new(BIN).args(args).output().unwrap();
+        expect_code(&out, 1, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(stderr.contains("certificate"), "{stderr}");
+    }
 }
 
 #[cfg(feature = "redis")]
