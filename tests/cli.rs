@@ -795,12 +795,14 @@ fn run_lease_lost(backend: Backend) {
         wait
     "#;
     let started = Instant::now();
+    // The child must release before the first renewal (a third of the lease) changes the
+    // version: 6 s leaves it 2 s to start a db-locks and make one request, even on moto.
     let out = ctx.run(&[
         "run",
         "-k",
         &key,
         "-l",
-        "1.5",
+        "6",
         "--",
         "sh",
         "-c",
@@ -839,12 +841,14 @@ fn run_kill_after(backend: Backend) {
         exec sleep 30
     "#;
     let started = Instant::now();
+    // The child must release before the first renewal (a third of the lease) changes the
+    // version: 6 s leaves it 2 s to start a db-locks and make one request, even on moto.
     let out = ctx.run(&[
         "run",
         "-k",
         &key,
         "-l",
-        "1.5",
+        "6",
         "--kill-after",
         "0.3",
         "--",
