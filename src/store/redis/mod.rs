@@ -19,6 +19,7 @@
 //! | `P:{T}:s:S:slots` | hash | per slot `<i>:version`, `<i>:fencing_token`, `<i>:lease_ms`, `<i>:expires_at_ms`, `<i>:locked`, `<i>:data` |
 //! | `P:{T}:s:S:fence` | hash | slot index → the slot's fencing counter (`HINCRBY`); never deleted |
 //! | `P:{T}:semaphores` | sorted set | index of the tenant's semaphores |
+//! | `P:{T}:released` | pub/sub channel | release notices of the tenant's locks (`listener.rs`) |
 //!
 //! `T`, `K` and `S` are written with `%`, `:`, `{` and `}` percent-encoded, so no tenant or key
 //! can break out of its place or of the hash tag; the prefix has its braces encoded.
