@@ -90,8 +90,20 @@ impl Resource {
     }
 
     /// A fenced write: accepted if `token` is at least the highest accepted for `name`.
-    fn write(&self, event: &str, name: &str, token: i64, who: &str, held: bool) -> bool {
+    /// `held` (whether the writer's guard still holds its lease) is asked under the
+    /// resource's lock, so that the log orders it with every other write: asked before, a
+    /// writer that then waited for the lock (or was frozen) would log a stale `true` after
+    /// others had entered on its expired lease.
+    fn write(
+        &self,
+        event: &str,
+        name: &str,
+        token: i64,
+        who: &str,
+        held: impl FnOnce() -> bool,
+    ) -> bool {
         self.locked(|state, log| {
+            let held = held();
             let highest = state.get(name).copied().unwrap_or(i64::MIN);
             let accepted = token >= highest;
             if accepted {
@@ -176,12 +188,12 @@ fn torture_worker_entry() {
                     };
                     // The name the resource knows it by (a permit: its slot).
                     let (name, token) = (guard.key().to_owned(), guard.fencing_token());
-                    if resource.write("enter", &name, token, &who, guard.is_held()) {
+                    if resource.write("enter", &name, token, &who, || guard.is_held()) {
                         std::thread::sleep(Duration::from_millis(n % 4));
                         // The guard may have lost the lease meanwhile (a freeze, a starved
                         // heartbeat): the exit says whether it still holds it, and the
                         // resource judges by the token.
-                        resource.write("exit", &name, token, &who, guard.is_held());
+                        resource.write("exit", &name, token, &who, || guard.is_held());
                     }
                     drop(guard);
                 }
@@ -232,7 +244,9 @@ impl Section {
 
 fn referee(log: &Path, semaphore_prefix: &str) -> Verdict {
     let mut v = Verdict::default();
-    let text = std::fs::read_to_string(log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| {
+        panic!("the resource logged nothing ({e}): no worker ever got a lock (see their output)")
+    });
     let mut sections: Vec<Section> = Vec::new();
     // Sections inside, per group (a mutex, or the semaphore with all its slots).
     let mut inside: HashMap<String, Vec<usize>> = HashMap::new();
