@@ -8,6 +8,16 @@
 //! * a grant or renewal whose reply was lost is settled, not orphaned or mistaken for a loss.
 //!
 //! Fault schedules are generated (`DB_LOCKS_FAULT_CASES` per store, default 3).
+// The network half needs a networked store: a SQLite-only build leaves it unused.
+#![cfg_attr(
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "dynamodb"
+    )),
+    allow(dead_code)
+)]
 
 #[path = "support/mod.rs"]
 mod support;
