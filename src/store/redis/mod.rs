@@ -565,7 +565,15 @@ impl RedisStore {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
         pool.get().map_err(|e| {
-            LockError::Unavailable(redactor.clean(format!("cannot connect to Redis at {url}: {e}")))
+            // A TLS client facing a plain server waits for a handshake that never comes.
+            let hint = if config.redis_url.starts_with("rediss") {
+                " (does the server speak TLS on that port?)"
+            } else {
+                ""
+            };
+            LockError::Unavailable(
+                redactor.clean(format!("cannot connect to Redis at {url}: {e}{hint}")),
+            )
         })?;
         let store = RedisStore {
             pool,
@@ -584,7 +592,10 @@ impl RedisStore {
 
     fn error(&self, e: redis::RedisError) -> LockError {
         use redis::{ErrorKind, ServerErrorKind};
-        let msg = self.redactor.clean(format!("Redis at {}: {e}", self.url));
+        let mut msg = self.redactor.clean(format!("Redis at {}: {e}", self.url));
+        if e.kind() == ErrorKind::ClusterConnectionNotFound {
+            msg.push_str(" (no cluster node answered: is the server a Redis Cluster?)");
+        }
         if is_denied(&e) {
             let command = refused_script_command(&self.scripts, &e.to_string())
                 .map(|c| format!("the script calls {c}; "))
@@ -606,7 +617,11 @@ impl RedisStore {
                         | ServerErrorKind::ClusterDown
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::ReadOnly
-                )
+                        // A cluster redirection the client's retries did not finish
+                        // (a slot moving, or a failover the client learns of late).
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                ) | ErrorKind::ClusterConnectionNotFound
             )
             // A long-running script holds the server.
             || e.code() == Some("BUSY");
