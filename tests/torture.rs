@@ -26,7 +26,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,6 +50,13 @@ struct Resource {
     dir: PathBuf,
 }
 
+/// Appends `line` in one `write`: `writeln!` on a `File` writes each piece of its format
+/// separately, and a writer killed (SIGKILL) between two pieces left half a line in the log
+/// (seen once in CI: the referee could not parse a token).
+fn append_line(log: &mut File, line: &str) {
+    log.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
 impl Resource {
     fn locked<T>(&self, f: impl FnOnce(&mut BTreeMap<String, i64>, &mut File) -> T) -> T {
         let lock = OpenOptions::new()
@@ -58,15 +65,7 @@ impl Resource {
             .open(self.dir.join("lock"))
             .unwrap();
         lock.lock().unwrap();
-        let mut state_file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(self.dir.join("state"))
-            .unwrap();
-        let mut text = String::new();
-        state_file.read_to_string(&mut text).unwrap();
+        let text = std::fs::read_to_string(self.dir.join("state")).unwrap_or_default();
         let mut state: BTreeMap<String, i64> = text
             .lines()
             .filter_map(|l| l.rsplit_once(' '))
@@ -82,9 +81,11 @@ impl Resource {
             .iter()
             .map(|(name, token)| format!("{name} {token}\n"))
             .collect();
-        state_file.set_len(0).unwrap();
-        state_file.seek(SeekFrom::Start(0)).unwrap();
-        state_file.write_all(text.as_bytes()).unwrap();
+        // Written aside and renamed into place: a writer killed halfway through leaves the
+        // old state whole, never an empty or half-written one.
+        let aside = self.dir.join(format!("state.{}", std::process::id()));
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, self.dir.join("state")).unwrap();
         let _ = lock.unlock();
         out
     }
@@ -110,14 +111,17 @@ impl Resource {
                 state.insert(name.to_owned(), token);
             }
             let verdict = if accepted { "ok" } else { "fenced" };
-            writeln!(log, "{event} {verdict} {name} {token} {who} {held}").unwrap();
+            append_line(
+                log,
+                &format!("{event} {verdict} {name} {token} {who} {held}"),
+            );
             accepted
         })
     }
 
     /// A harness event (`kill`, `freeze`, `thaw` with a pid).
     fn note(&self, event: &str, pid: u32) {
-        self.locked(|_, log| writeln!(log, "{event} {pid}").unwrap());
+        self.locked(|_, log| append_line(log, &format!("{event} {pid}")));
     }
 }
 
