@@ -96,27 +96,25 @@ impl Wakeups {
         }
     }
 
+    /// The waiters of `(tenant, key)`, if any wait.
+    fn waiters(&self, tenant: &str, key: &str) -> Option<Arc<Waiters>> {
+        self.keys
+            .lock()
+            .get(&(tenant.to_owned(), key.to_owned()))
+            .cloned()
+    }
+
     /// A lease of `(tenant, key)` ended (released or deleted): wakes its oldest waiter that is
     /// not woken yet, if any.
     pub(crate) fn released(&self, tenant: &str, key: &str) {
-        let waiters = self
-            .keys
-            .lock()
-            .get(&(tenant.to_owned(), key.to_owned()))
-            .cloned();
-        if let Some(waiters) = waiters {
+        if let Some(waiters) = self.waiters(tenant, key) {
             waiters.wake_one();
         }
     }
 
     /// Wakes every waiter of `(tenant, key)` (a semaphore grew, or was deleted).
     pub(crate) fn released_all(&self, tenant: &str, key: &str) {
-        let waiters = self
-            .keys
-            .lock()
-            .get(&(tenant.to_owned(), key.to_owned()))
-            .cloned();
-        if let Some(waiters) = waiters {
+        if let Some(waiters) = self.waiters(tenant, key) {
             for (_, signal) in &waiters.state.lock().waiting {
                 signal.hint();
             }

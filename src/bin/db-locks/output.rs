@@ -126,6 +126,18 @@ fn json_line(value: &Value) -> String {
     s
 }
 
+/// One line of a latency table: name, mean, p50, p99, ratio to `base`, note.
+fn stats_row(s: &mut String, name: &str, stats: &Stats, base: &Stats, note: &str) {
+    let _ = writeln!(
+        s,
+        "{name:15}  {:>10.1}  {:>10.1}  {:>10.1}  {:>7.2}  {note}",
+        stats.mean_us,
+        stats.p50_us,
+        stats.p99_us,
+        stats.ratio_to(base)
+    );
+}
+
 /// A lock's JSON object: its fields by name, the lease in milliseconds.
 fn lock_json(lock: &MutexLock) -> Value {
     json!({
@@ -520,14 +532,7 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
         "OPERATION", "MEAN_US", "P50_US", "P99_US", "RATIO"
     );
     for (name, stats, note) in rows {
-        let _ = writeln!(
-            s,
-            "{name:15}  {:>10.1}  {:>10.1}  {:>10.1}  {:>7.2}  {note}",
-            stats.mean_us,
-            stats.p50_us,
-            stats.p99_us,
-            stats.ratio_to(base)
-        );
+        stats_row(&mut s, name, stats, base, &note);
     }
     let c = &r.contended;
     let main = c.main();
@@ -667,14 +672,7 @@ fn bench_human(r: &Report, config: &LocksConfig) -> String {
                     "1 waiter, from the unlock's start".to_owned(),
                 ),
             ] {
-                let _ = writeln!(
-                    s,
-                    "{name:15}  {:>10.1}  {:>10.1}  {:>10.1}  {:>7.2}  {note}",
-                    stats.mean_us,
-                    stats.p50_us,
-                    stats.p99_us,
-                    stats.ratio_to(base)
-                );
+                stats_row(&mut s, name, stats, base, &note);
             }
         }
     }

@@ -97,13 +97,7 @@ impl DynamoDbStore {
             &params,
             ReturnValue::AllNew,
         )? {
-            Written::Done(Some(item)) => {
-                self.watcher.own_write(&key, &item);
-                Ok(Some(to_mutex(&item)?))
-            }
-            Written::Done(None) => Err(LockError::Store(
-                "DynamoDB UpdateItem returned no attributes".into(),
-            )),
+            Written::Done(item) => Ok(Some(to_mutex(&self.own_item(&key, item)?)?)),
             Written::Rejected(item) => {
                 if let Some(item) = item {
                     self.watcher.observe(&key, &item);
@@ -222,13 +216,7 @@ impl DynamoDbStore {
             params,
             ReturnValue::AllNew,
         )? {
-            Written::Done(Some(item)) => {
-                self.watcher.own_write(key, &item);
-                Ok(Some(item))
-            }
-            Written::Done(None) => Err(LockError::Store(
-                "DynamoDB UpdateItem returned no attributes".into(),
-            )),
+            Written::Done(item) => Ok(Some(self.own_item(key, item)?)),
             Written::Rejected(Some(item))
                 if get_bool(&item, LOCKED) && get_s(&item, VERSION) == Some(version) =>
             {
@@ -241,6 +229,15 @@ impl DynamoDbStore {
                 Ok(None)
             }
         }
+    }
+
+    /// The item a write of ours returned (asked for with `ReturnValue::AllNew`), noted by the
+    /// watcher as our own.
+    fn own_item(&self, key: &Key, item: Option<Item>) -> Result<Item> {
+        let item = item
+            .ok_or_else(|| LockError::Store("DynamoDB UpdateItem returned no attributes".into()))?;
+        self.watcher.own_write(key, &item);
+        Ok(item)
     }
 
     /// Restarts the lease of a grant held with `version`, keeping its fencing token: a retry
@@ -268,13 +265,7 @@ impl DynamoDbStore {
             &params,
             ReturnValue::AllNew,
         )? {
-            Written::Done(Some(item)) => {
-                self.watcher.own_write(key, &item);
-                Ok(Some(item))
-            }
-            Written::Done(None) => Err(LockError::Store(
-                "DynamoDB UpdateItem returned no attributes".into(),
-            )),
+            Written::Done(item) => Ok(Some(self.own_item(key, item)?)),
             Written::Rejected(_) => Ok(None),
         }
     }
