@@ -351,6 +351,32 @@ fn flag(b: bool) -> &'static str {
     }
 }
 
+/// Whether a retry may get past `e`: the connection failed, the server is busy, loading or
+/// was demoted, or a cluster is moving a slot or failing over.
+fn is_retryable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    // A cluster redirection the client's retries did not finish
+                    // (a slot moving, or a failover the client learns of late).
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
+        // A long-running script holds the server.
+        || e.code() == Some("BUSY")
+}
+
 /// Whether the server refused a command or key to the connection's ACL user (also from
 /// inside a script).
 fn is_denied(e: &redis::RedisError) -> bool {
@@ -591,7 +617,7 @@ impl RedisStore {
     }
 
     fn error(&self, e: redis::RedisError) -> LockError {
-        use redis::{ErrorKind, ServerErrorKind};
+        use redis::ErrorKind;
         let mut msg = self.redactor.clean(format!("Redis at {}: {e}", self.url));
         if e.kind() == ErrorKind::ClusterConnectionNotFound {
             msg.push_str(" (no cluster node answered: is the server a Redis Cluster?)");
@@ -605,26 +631,7 @@ impl RedisStore {
                  \"Redis deployments\" gives the ACL rule for a tenant)"
             ));
         }
-        let retryable = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || matches!(
-                e.kind(),
-                ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ReadOnly
-                        // A cluster redirection the client's retries did not finish
-                        // (a slot moving, or a failover the client learns of late).
-                        | ServerErrorKind::Moved
-                        | ServerErrorKind::Ask
-                ) | ErrorKind::ClusterConnectionNotFound
-            )
-            // A long-running script holds the server.
-            || e.code() == Some("BUSY");
+        let retryable = is_retryable(&e);
         if retryable {
             LockError::Unavailable(msg)
         } else {
@@ -1085,6 +1092,29 @@ impl AdminStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_redirections_and_lost_nodes_are_retryable() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let err = |kind| RedisError::from((kind, "test"));
+        for kind in [
+            ErrorKind::Server(ServerErrorKind::Moved),
+            ErrorKind::Server(ServerErrorKind::Ask),
+            ErrorKind::Server(ServerErrorKind::TryAgain),
+            ErrorKind::Server(ServerErrorKind::ClusterDown),
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            ErrorKind::ClusterConnectionNotFound,
+        ] {
+            assert!(is_retryable(&err(kind)), "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            ErrorKind::Server(ServerErrorKind::NoPerm),
+            ErrorKind::Server(ServerErrorKind::CrossSlot),
+        ] {
+            assert!(!is_retryable(&err(kind)), "{kind:?}");
+        }
+    }
 
     #[test]
     fn keys_cannot_escape_their_place() {
